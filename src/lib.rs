@@ -1,0 +1,15 @@
+//! onair: firmware of an on-prem streaming egress appliance.
+//!
+//! Layout (see docs/architecture.md):
+//! - [`media`]: the pure media core (TS demux, H.264/AAC repack, timeline, FLV). No I/O, no clock.
+//! - [`ingest`]: the fabric-facing UDP receiver (io_uring with a plain-socket fallback).
+//! - [`egress`]: RTMP/RTMPS publishing (pure session wrapper + thin tokio driver).
+//! - [`receive`]: `onair receive`, the private ingest server that records to FLV.
+//! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
+pub mod egress;
+pub mod error;
+pub mod fabric_sim;
+pub mod ingest;
+pub mod media;
+pub mod receive;
+pub mod secret;
