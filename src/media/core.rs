@@ -1,1 +1,416 @@
-//! (in progress)
+//! [`MediaCore`]: datagrams in, FLV-ready frames out. Pure; the caller supplies `rx_ns`, the
+//! receive time of each datagram on its own monotonic clock, which frames carry on (latency
+//! metrics, and the consent gate: no frame captured before the gate instant is emitted).
+//!
+//! Output order guarantee: the first frames are `Metadata`, `VideoHeader`, `AudioHeader` (when
+//! audio is known) and a video keyframe; every video frame after a loss waits for a keyframe;
+//! a changed SPS/PPS or audio config emits a new header (and metadata) before the frame using it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::aac::{self, AdtsFrame, AudioConfig};
+use super::flv::{self, Metadata};
+use super::h264::{AvcConfig, H264Repacker};
+use super::rtp::{RtpStats, Unwrapper};
+use super::timeline::{self, Timeline, Track};
+use super::ts::{DemuxEvent, DemuxStats, Demuxer, Pes, Program, StreamType};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Metadata,
+    VideoHeader,
+    AudioHeader,
+    Video,
+    Audio,
+}
+
+impl FrameKind {
+    pub fn is_header(self) -> bool {
+        matches!(
+            self,
+            FrameKind::Metadata | FrameKind::VideoHeader | FrameKind::AudioHeader
+        )
+    }
+}
+
+/// One RTMP media message: an FLV tag body and its timestamp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MediaFrame {
+    pub kind: FrameKind,
+    /// RTMP timestamp (DTS), ms.
+    pub ts_ms: u32,
+    /// FLV tag body (empty for `Metadata`).
+    pub body: Bytes,
+    /// For `Metadata` only.
+    pub metadata: Option<Arc<Metadata>>,
+    /// A video frame holding an IDR picture.
+    pub keyframe: bool,
+    /// A video frame no other frame references (nal_ref_idc 0): may be dropped under congestion.
+    pub droppable: bool,
+    /// Receive time of the datagram that completed this frame (caller's monotonic ns).
+    pub rx_ns: u64,
+}
+
+impl MediaFrame {
+    fn new(kind: FrameKind, ts_ms: u32, body: Bytes, rx_ns: u64) -> Self {
+        MediaFrame {
+            kind,
+            ts_ms,
+            body,
+            metadata: None,
+            keyframe: false,
+            droppable: false,
+            rx_ns,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub datagrams: u64,
+    pub bad_datagrams: u64,
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    /// Frames dropped before the stream started (no keyframe yet, or before the gate).
+    pub dropped_before_start: u64,
+    /// Video frames dropped after a loss while waiting for the next keyframe.
+    pub dropped_waiting_keyframe: u64,
+    pub h264_errors: u64,
+    pub aac_errors: u64,
+    pub program_changes: u64,
+    /// Last video DTS − last audio DTS, ms.
+    pub av_offset_ms: i64,
+    pub demux: DemuxStats,
+    pub rtp: RtpStats,
+    pub timeline: timeline::TimelineStats,
+}
+
+#[derive(Default)]
+pub struct MediaCore {
+    unwrapper: Unwrapper,
+    demux: Demuxer,
+    events: Vec<DemuxEvent>,
+    adts: Vec<AdtsFrame>,
+    video_pid: Option<u16>,
+    audio_pid: Option<u16>,
+    h264: H264Repacker,
+    avc: Option<AvcConfig>,
+    aac: Option<AudioConfig>,
+    timeline: Timeline,
+    /// The stream has started (headers and a keyframe were emitted).
+    started: bool,
+    /// Input DTS (33-bit) of the first emitted keyframe: earlier audio is not emitted.
+    start_dts_90k: Option<u64>,
+    /// Video after a loss: drop until a keyframe.
+    waiting_keyframe: bool,
+    /// No frame completed before this receive instant is emitted.
+    gate_ns: u64,
+    stats: CoreStats,
+}
+
+impl MediaCore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A core that emits nothing completed before `gate_ns` (the consent instant, on the same
+    /// clock as `rx_ns`): the first frame out is a keyframe received at or after it.
+    pub fn with_gate(gate_ns: u64) -> Self {
+        MediaCore {
+            gate_ns,
+            ..Self::default()
+        }
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        let mut s = self.stats.clone();
+        s.demux = self.demux.stats().clone();
+        s.rtp = self.unwrapper.stats().clone();
+        s.timeline = self.timeline.stats().clone();
+        s
+    }
+
+    /// Pushes one UDP datagram (plain TS or RTP/TS). Frames are appended to `out`.
+    pub fn push_datagram(&mut self, datagram: &[u8], rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        self.stats.datagrams += 1;
+        let Ok(ts) = self.unwrapper.unwrap(datagram) else {
+            self.stats.bad_datagrams += 1;
+            return;
+        };
+        self.demux.push(ts, &mut self.events);
+        self.drain_events(rx_ns, out);
+    }
+
+    /// End of input: emits what the demuxer still holds.
+    pub fn flush(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        self.demux.flush(&mut self.events);
+        self.drain_events(rx_ns, out);
+    }
+
+    fn drain_events(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            match ev {
+                DemuxEvent::Program(p) => self.on_program(&p),
+                DemuxEvent::Pes(pes) => self.on_pes(pes, rx_ns, out),
+                DemuxEvent::Pcr { .. } => {}
+            }
+        }
+        self.events = events;
+    }
+
+    fn on_program(&mut self, p: &Program) {
+        let find = |t: StreamType| p.streams.iter().find(|s| s.stream_type == t).map(|s| s.pid);
+        let (video, audio) = (find(StreamType::H264), find(StreamType::AdtsAac));
+        if (video, audio) != (self.video_pid, self.audio_pid) {
+            self.stats.program_changes += 1;
+            self.video_pid = video;
+            self.audio_pid = audio;
+            self.waiting_keyframe = true;
+        }
+    }
+
+    fn on_pes(&mut self, pes: Pes, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        if Some(pes.pid) == self.video_pid {
+            self.on_video(pes, rx_ns, out);
+        } else if Some(pes.pid) == self.audio_pid {
+            self.on_audio(pes, rx_ns, out);
+        }
+    }
+
+    fn on_video(&mut self, pes: Pes, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        let Some(pts) = pes.pts_90k else {
+            self.stats.h264_errors += 1;
+            return;
+        };
+        let dts = pes.dts_90k.unwrap_or(pts);
+        if pes.after_loss {
+            self.waiting_keyframe = true;
+        }
+        let (config, frame) = match self.h264.push(&pes.data) {
+            Ok(x) => x,
+            Err(_) => {
+                self.stats.h264_errors += 1;
+                self.waiting_keyframe = true;
+                return;
+            }
+        };
+        if let Some(c) = config {
+            self.avc = Some(c);
+            if self.started {
+                self.emit_video_header(rx_ns, out);
+                self.emit_metadata(rx_ns, out);
+            }
+        }
+        if !self.started {
+            if !frame.keyframe || rx_ns < self.gate_ns || self.avc.is_none() {
+                self.stats.dropped_before_start += 1;
+                return;
+            }
+            self.start(dts, rx_ns, out);
+        } else if self.waiting_keyframe && !frame.keyframe {
+            self.stats.dropped_waiting_keyframe += 1;
+            return;
+        }
+        self.waiting_keyframe = false;
+        let m = self.timeline.map(Track::Video, dts, pts, pes.discontinuity);
+        let mut f = MediaFrame::new(
+            FrameKind::Video,
+            m.dts_ms,
+            flv::avc_frame(frame.keyframe, m.cts_ms, &frame.data),
+            rx_ns,
+        );
+        f.keyframe = frame.keyframe;
+        f.droppable = !frame.keyframe && avcc_is_disposable(&frame.data);
+        self.stats.video_frames += 1;
+        self.update_av_offset();
+        out.push(f);
+    }
+
+    /// Emits metadata and headers; the caller then emits the keyframe.
+    fn start(&mut self, dts_90k: u64, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        self.started = true;
+        self.start_dts_90k = Some(dts_90k);
+        self.emit_metadata(rx_ns, out);
+        if self.avc.is_some() {
+            self.emit_video_header(rx_ns, out);
+        }
+        if self.aac.is_some() {
+            self.emit_audio_header(rx_ns, out);
+        }
+    }
+
+    fn on_audio(&mut self, pes: Pes, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        let Some(pts) = pes.pts_90k else {
+            self.stats.aac_errors += 1;
+            return;
+        };
+        let mut frames = std::mem::take(&mut self.adts);
+        frames.clear();
+        if aac::split_adts(&pes.data, &mut frames).is_err() {
+            self.stats.aac_errors += 1;
+        }
+        let mut discontinuity = pes.discontinuity;
+        for (i, fr) in frames.iter().enumerate() {
+            let step = 1024 * 90_000 / u64::from(fr.config.sample_rate.max(1));
+            let ts = pts.wrapping_add(step * i as u64);
+            self.on_audio_frame(fr, ts, discontinuity, rx_ns, out);
+            discontinuity = false;
+        }
+        self.adts = frames;
+    }
+
+    fn on_audio_frame(
+        &mut self,
+        fr: &AdtsFrame,
+        ts_90k: u64,
+        discontinuity: bool,
+        rx_ns: u64,
+        out: &mut Vec<MediaFrame>,
+    ) {
+        let changed = self.aac != Some(fr.config);
+        if changed {
+            self.aac = Some(fr.config);
+        }
+        let audio_only = self.video_pid.is_none();
+        if !self.started {
+            if !audio_only || rx_ns < self.gate_ns {
+                self.stats.dropped_before_start += 1;
+                return;
+            }
+            self.start(ts_90k, rx_ns, out);
+        } else if changed {
+            self.emit_audio_header(rx_ns, out);
+            self.emit_metadata(rx_ns, out);
+        }
+        if let Some(start) = self.start_dts_90k {
+            if timeline::diff33(ts_90k, start as i64) < 0
+                && self.timeline.last_ms(Track::Audio).is_none()
+            {
+                self.stats.dropped_before_start += 1;
+                return;
+            }
+        }
+        let m = self
+            .timeline
+            .map(Track::Audio, ts_90k, ts_90k, discontinuity);
+        self.stats.audio_frames += 1;
+        self.update_av_offset();
+        out.push(MediaFrame::new(
+            FrameKind::Audio,
+            m.dts_ms,
+            flv::aac_frame(&fr.raw),
+            rx_ns,
+        ));
+    }
+
+    fn emit_video_header(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        if let Some(c) = &self.avc {
+            let ts = self.timeline.last_ms(Track::Video).unwrap_or(0);
+            out.push(MediaFrame::new(
+                FrameKind::VideoHeader,
+                ts,
+                flv::avc_sequence_header(&c.record),
+                rx_ns,
+            ));
+        }
+    }
+
+    fn emit_audio_header(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        if let Some(c) = &self.aac {
+            let ts = self.timeline.last_ms(Track::Audio).unwrap_or(0);
+            out.push(MediaFrame::new(
+                FrameKind::AudioHeader,
+                ts,
+                flv::aac_sequence_header(&c.audio_specific_config()),
+                rx_ns,
+            ));
+        }
+    }
+
+    fn emit_metadata(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        let mut f = MediaFrame::new(FrameKind::Metadata, 0, Bytes::new(), rx_ns);
+        f.metadata = Some(Arc::new(self.metadata()));
+        out.push(f);
+    }
+
+    /// What `onMetaData` announces for the current configs.
+    pub fn metadata(&self) -> Metadata {
+        let mut m = Metadata {
+            encoder: Some(concat!("onair/", env!("CARGO_PKG_VERSION")).into()),
+            ..Metadata::default()
+        };
+        if let Some(v) = &self.avc {
+            m.width = Some(v.width);
+            m.height = Some(v.height);
+            m.frame_rate = v.frame_rate;
+            m.video_codec_id = Some(flv::VIDEO_CODEC_AVC);
+        }
+        if let Some(a) = &self.aac {
+            m.audio_codec_id = Some(flv::AUDIO_FORMAT_AAC);
+            m.audio_sample_rate = Some(a.sample_rate);
+            m.audio_channels = Some(a.channels);
+        }
+        m
+    }
+
+    fn update_av_offset(&mut self) {
+        if let (Some(v), Some(a)) = (
+            self.timeline.last_ms(Track::Video),
+            self.timeline.last_ms(Track::Audio),
+        ) {
+            self.stats.av_offset_ms = i64::from(v) - i64::from(a);
+        }
+    }
+}
+
+/// True when every slice NAL of an AVCC access unit has nal_ref_idc 0 (nothing references it).
+pub fn avcc_is_disposable(avcc: &[u8]) -> bool {
+    let mut rest = avcc;
+    let mut saw_slice = false;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(nal) = rest.get(4..4 + len) else {
+            return false;
+        };
+        if let Some(&h) = nal.first() {
+            let nal_type = h & 0x1F;
+            if (1..=5).contains(&nal_type) {
+                saw_slice = true;
+                if h & 0x60 != 0 {
+                    return false;
+                }
+            }
+        }
+        rest = &rest[4 + len..];
+    }
+    saw_slice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avcc(nals: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for n in nals {
+            v.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            v.extend_from_slice(n);
+        }
+        v
+    }
+
+    #[test]
+    fn disposable_detection() {
+        // non-reference B slice (nal_ref_idc 0, type 1)
+        assert!(avcc_is_disposable(&avcc(&[&[0x01, 0xAA]])));
+        // reference P slice (nal_ref_idc 2)
+        assert!(!avcc_is_disposable(&avcc(&[&[0x41, 0xAA]])));
+        // SEI only: no slice, not disposable
+        assert!(!avcc_is_disposable(&avcc(&[&[0x06, 0x05]])));
+        // truncated length
+        assert!(!avcc_is_disposable(&[0, 0, 0, 9, 1]));
+    }
+}

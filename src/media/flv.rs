@@ -98,15 +98,21 @@ impl Metadata {
             ("height", num(self.height.map(f64::from))),
             ("framerate", num(self.frame_rate)),
             ("videocodecid", num(self.video_codec_id.map(f64::from))),
-            ("videodatarate", num(self.video_data_rate_kbps.map(f64::from))),
-            ("audiocodecid", num(self.audio_codec_id.map(f64::from))),
-            ("audiosamplerate", num(self.audio_sample_rate.map(f64::from))),
-            ("audiochannels", num(self.audio_channels.map(f64::from))),
-            ("audiodatarate", num(self.audio_data_rate_kbps.map(f64::from))),
             (
-                "stereo",
-                self.audio_channels.map(|c| Amf0::Boolean(c >= 2)),
+                "videodatarate",
+                num(self.video_data_rate_kbps.map(f64::from)),
             ),
+            ("audiocodecid", num(self.audio_codec_id.map(f64::from))),
+            (
+                "audiosamplerate",
+                num(self.audio_sample_rate.map(f64::from)),
+            ),
+            ("audiochannels", num(self.audio_channels.map(f64::from))),
+            (
+                "audiodatarate",
+                num(self.audio_data_rate_kbps.map(f64::from)),
+            ),
+            ("stereo", self.audio_channels.map(|c| Amf0::Boolean(c >= 2))),
         ];
         for (k, val) in pairs {
             if let Some(val) = val {
@@ -209,8 +215,12 @@ pub struct Tag {
 pub enum FlvError {
     NotFlv,
     /// The file ends inside a tag (a recording cut by a crash); the tags before are valid.
-    Truncated { valid_tags: usize },
-    BadBackPointer { tag_index: usize },
+    Truncated {
+        valid_tags: usize,
+    },
+    BadBackPointer {
+        tag_index: usize,
+    },
 }
 
 /// Parses a whole FLV file into its tags. Used by tests and by the receiver's recovery.
@@ -272,7 +282,10 @@ mod tests {
         assert_eq!(h, [0x27, 1, 0xFF, 0xFF, 0xD8]);
         let f = avc_frame(false, -40, &[1, 2]);
         assert_eq!(avc_cts_ms(&f), Some(-40));
-        assert_eq!(avc_cts_ms(&avc_frame(true, 0x7F_FFFF + 5, &[])), Some(0x7F_FFFF));
+        assert_eq!(
+            avc_cts_ms(&avc_frame(true, 0x7F_FFFF + 5, &[])),
+            Some(0x7F_FFFF)
+        );
         let sh = avc_sequence_header(&[1, 0x64]);
         assert_eq!(&sh[..], &[0x17, 0, 0, 0, 0, 1, 0x64]);
         assert_eq!(avc_cts_ms(&sh), None);
@@ -280,7 +293,10 @@ mod tests {
 
     #[test]
     fn audio_headers() {
-        assert_eq!(&aac_sequence_header(&[0x11, 0x90])[..], &[0xAF, 0, 0x11, 0x90]);
+        assert_eq!(
+            &aac_sequence_header(&[0x11, 0x90])[..],
+            &[0xAF, 0, 0x11, 0x90]
+        );
         assert_eq!(&aac_frame(&[9])[..], &[0xAF, 1, 9]);
     }
 
@@ -325,7 +341,10 @@ mod tests {
         // Truncation is reported with the count of valid tags before it.
         let cut = data.slice(..data.len() - 2);
         assert_eq!(parse_file(&cut), Err(FlvError::Truncated { valid_tags: 1 }));
-        assert_eq!(parse_file(&Bytes::from_static(b"GIF89a")), Err(FlvError::NotFlv));
+        assert_eq!(
+            parse_file(&Bytes::from_static(b"GIF89a")),
+            Err(FlvError::NotFlv)
+        );
     }
 
     #[test]

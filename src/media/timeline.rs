@@ -56,7 +56,7 @@ pub struct Timeline {
 }
 
 /// Signed difference `a − b` of two 33-bit values, folded into (−2^32, 2^32].
-fn diff33(a: u64, b: i64) -> i64 {
+pub(crate) fn diff33(a: u64, b: i64) -> i64 {
     let d = (a as i64 - b.rem_euclid(WRAP_90K)).rem_euclid(WRAP_90K);
     if d > HALF_WRAP_90K { d - WRAP_90K } else { d }
 }
@@ -178,9 +178,21 @@ mod tests {
     fn first_sample_is_zero_and_cts_kept() {
         let mut tl = Timeline::new();
         let m = tl.map(Track::Video, 900_000, 900_000 + 2 * FRAME, false);
-        assert_eq!(m, Mapped { dts_ms: 0, cts_ms: 80 });
+        assert_eq!(
+            m,
+            Mapped {
+                dts_ms: 0,
+                cts_ms: 80
+            }
+        );
         let m = tl.map(Track::Video, 900_000 + FRAME, 900_000 + 4 * FRAME, false);
-        assert_eq!(m, Mapped { dts_ms: 40, cts_ms: 120 });
+        assert_eq!(
+            m,
+            Mapped {
+                dts_ms: 40,
+                cts_ms: 120
+            }
+        );
     }
 
     #[test]
@@ -213,7 +225,11 @@ mod tests {
         let (v2, a2) = (5_000u64, 5_000u64 + 900);
         let mv = tl.map(Track::Video, v2, v2, false);
         let ma = tl.map(Track::Audio, a2, a2, false);
-        assert_eq!(tl.stats().rebases, 1, "one rebase for the program, not per track");
+        assert_eq!(
+            tl.stats().rebases,
+            1,
+            "one rebase for the program, not per track"
+        );
         assert!(mv.dts_ms > last[0] && mv.dts_ms <= last[0].max(last[1]) + 40);
         assert!(ma.dts_ms >= last[1]);
         // Inside the new segment, A/V offset is the source's (900 ticks = 10 ms).
@@ -253,7 +269,11 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let track = if x & 1 == 0 { Track::Video } else { Track::Audio };
+            let track = if x & 1 == 0 {
+                Track::Video
+            } else {
+                Track::Audio
+            };
             let dts = x >> 20;
             let m = tl.map(track, dts, dts.wrapping_add(x & 0xFFFF), x & 0x100 != 0);
             if let Some(l) = last[track as usize] {
