@@ -1,0 +1,277 @@
+//! The bounded queue between the media core and one egress. Pure.
+//!
+//! Congestion policy (never a corrupt stream): when a push would exceed the byte or frame
+//! bound, first the oldest droppable (non-reference) video frame goes; if there is none, the
+//! oldest whole GOP (everything up to the next queued keyframe) goes; if no later keyframe is
+//! queued, every queued media frame goes and the queue skips incoming media until the next
+//! keyframe. Header frames (metadata, sequence headers) are never dropped. Every drop is counted.
+
+use std::collections::VecDeque;
+
+use crate::media::core::{FrameKind, MediaFrame};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub frames_in: u64,
+    pub frames_dropped: u64,
+    pub gops_dropped: u64,
+    pub bytes_queued: u64,
+    pub frames_queued: u64,
+}
+
+#[derive(Debug)]
+pub struct FrameQueue {
+    frames: VecDeque<MediaFrame>,
+    bytes: usize,
+    max_bytes: usize,
+    max_frames: usize,
+    /// Dropping incoming media until the next keyframe.
+    skipping: bool,
+    stats: QueueStats,
+}
+
+impl FrameQueue {
+    pub fn new(max_bytes: usize, max_frames: usize) -> Self {
+        FrameQueue {
+            frames: VecDeque::new(),
+            bytes: 0,
+            max_bytes: max_bytes.max(1),
+            max_frames: max_frames.max(2),
+            skipping: false,
+            stats: QueueStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            bytes_queued: self.bytes as u64,
+            frames_queued: self.frames.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn push(&mut self, f: MediaFrame) {
+        self.stats.frames_in += 1;
+        if self.skipping && !f.kind.is_header() {
+            if f.kind == FrameKind::Video && f.keyframe {
+                self.skipping = false;
+            } else {
+                self.stats.frames_dropped += 1;
+                return;
+            }
+        }
+        while self.over(f.body.len()) && self.make_room() {}
+        if self.over(f.body.len()) && !f.kind.is_header() {
+            // Only headers left and still no room: this frame cannot fit.
+            self.stats.frames_dropped += 1;
+            self.skipping = !(f.kind == FrameKind::Video && f.keyframe) || self.skipping;
+            return;
+        }
+        self.bytes += f.body.len();
+        self.frames.push_back(f);
+    }
+
+    pub fn pop(&mut self) -> Option<MediaFrame> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.body.len();
+        Some(f)
+    }
+
+    /// After a reconnect: drop queued media before the newest queued keyframe (stale after an
+    /// outage) and skip incoming media until a keyframe if none is queued. Headers stay.
+    pub fn resume_at_latest_keyframe(&mut self) {
+        let newest_key = self
+            .frames
+            .iter()
+            .rposition(|f| f.kind == FrameKind::Video && f.keyframe);
+        let cut = newest_key.unwrap_or(self.frames.len());
+        self.drop_media_before(cut);
+        if newest_key.is_none() {
+            self.skipping = true;
+        }
+    }
+
+    fn over(&self, extra: usize) -> bool {
+        self.bytes + extra > self.max_bytes || self.frames.len() + 1 > self.max_frames
+    }
+
+    /// Frees room by the policy above; false when nothing droppable is left.
+    fn make_room(&mut self) -> bool {
+        if let Some(i) = self.frames.iter().position(|f| f.droppable) {
+            self.remove_at(i);
+            self.stats.frames_dropped += 1;
+            return true;
+        }
+        let first_media = self.frames.iter().position(|f| !f.kind.is_header());
+        let Some(first) = first_media else {
+            return false;
+        };
+        let next_key = self
+            .frames
+            .iter()
+            .enumerate()
+            .skip(first + 1)
+            .find(|(_, f)| f.kind == FrameKind::Video && f.keyframe)
+            .map(|(i, _)| i);
+        match next_key {
+            Some(k) => self.drop_media_before(k),
+            None => {
+                self.drop_media_before(self.frames.len());
+                self.skipping = true;
+            }
+        }
+        self.stats.gops_dropped += 1;
+        true
+    }
+
+    /// Removes every non-header frame in `[0, end)`.
+    fn drop_media_before(&mut self, end: usize) {
+        let mut kept = VecDeque::with_capacity(self.frames.len());
+        for (i, f) in self.frames.drain(..).enumerate() {
+            if i < end && !f.kind.is_header() {
+                self.bytes -= f.body.len();
+                self.stats.frames_dropped += 1;
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.frames = kept;
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        if let Some(f) = self.frames.remove(i) {
+            self.bytes -= f.body.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(kind: FrameKind, ts: u32, size: usize, key: bool, droppable: bool) -> MediaFrame {
+        MediaFrame {
+            kind,
+            ts_ms: ts,
+            body: Bytes::from(vec![0u8; size]),
+            metadata: None,
+            keyframe: key,
+            droppable,
+            rx_ns: 0,
+        }
+    }
+
+    fn video(ts: u32, key: bool) -> MediaFrame {
+        frame(FrameKind::Video, ts, 100, key, false)
+    }
+
+    /// The stream in the queue decodes: after any drop, video resumes at a keyframe.
+    fn assert_decodable(q: &mut FrameQueue) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut need_key = true;
+        while let Some(f) = q.pop() {
+            if f.kind == FrameKind::Video {
+                if need_key {
+                    assert!(f.keyframe, "video at {} before any keyframe", f.ts_ms);
+                    need_key = false;
+                }
+                out.push(f.ts_ms);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn droppable_frames_go_first() {
+        let mut q = FrameQueue::new(350, 100);
+        q.push(video(0, true));
+        q.push(frame(FrameKind::Video, 40, 100, false, true));
+        q.push(video(80, false));
+        q.push(video(120, false)); // over 350 bytes: the droppable frame at 40 goes
+        assert_eq!(q.stats().frames_dropped, 1);
+        assert_eq!(assert_decodable(&mut q), vec![0, 80, 120]);
+    }
+
+    #[test]
+    fn whole_gop_dropped_not_half() {
+        let mut q = FrameQueue::new(10_000, 6);
+        q.push(frame(FrameKind::VideoHeader, 0, 10, false, false));
+        for (ts, key) in [
+            (0, true),
+            (40, false),
+            (80, false),
+            (120, true),
+            (160, false),
+        ] {
+            q.push(video(ts, key));
+        }
+        q.push(video(200, false)); // 7th frame: GOP 0..80 dropped
+        let st = q.stats();
+        assert_eq!(st.gops_dropped, 1);
+        assert_eq!(st.frames_dropped, 3);
+        assert_eq!(q.pop().map(|f| f.kind), Some(FrameKind::VideoHeader));
+        assert_eq!(assert_decodable(&mut q), vec![120, 160, 200]);
+    }
+
+    #[test]
+    fn no_later_keyframe_skips_until_next() {
+        let mut q = FrameQueue::new(250, 100);
+        q.push(video(0, true));
+        q.push(video(40, false));
+        q.push(video(80, false)); // no room, no later keyframe: all media dropped, skipping
+        q.push(video(120, false)); // skipped
+        q.push(frame(FrameKind::Audio, 130, 10, false, false)); // skipped too
+        q.push(video(160, true)); // resumes
+        q.push(video(200, false));
+        assert_eq!(assert_decodable(&mut q), vec![160, 200]);
+    }
+
+    #[test]
+    fn resume_after_reconnect() {
+        let mut q = FrameQueue::new(100_000, 1000);
+        q.push(frame(FrameKind::Metadata, 0, 0, false, false));
+        for i in 0..10u32 {
+            q.push(video(i * 40, i % 4 == 0));
+        }
+        q.resume_at_latest_keyframe();
+        assert_eq!(q.pop().map(|f| f.kind), Some(FrameKind::Metadata));
+        assert_eq!(assert_decodable(&mut q), vec![320, 360]);
+        // Nothing queued: skip until the next keyframe arrives.
+        q.resume_at_latest_keyframe();
+        q.push(video(400, false));
+        q.push(video(440, true));
+        assert_eq!(assert_decodable(&mut q), vec![440]);
+    }
+
+    #[test]
+    fn bounded_under_random_load() {
+        let mut q = FrameQueue::new(5_000, 50);
+        let mut x: u32 = 12345;
+        for i in 0..10_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let kind = if x % 5 == 0 {
+                FrameKind::Audio
+            } else {
+                FrameKind::Video
+            };
+            q.push(frame(kind, i, (x % 900) as usize, x % 30 == 0, x % 3 == 0));
+            assert!(q.stats().bytes_queued <= 5_000);
+            assert!(q.len() <= 50);
+            if x % 7 == 0 {
+                q.pop();
+            }
+        }
+        assert_decodable(&mut q);
+    }
+}

@@ -1,0 +1,331 @@
+//! The RTMP publish session, sans-IO: the only module that touches rml_rtmp's client side.
+//!
+//! Bytes from the server go into [`PublishSession::handle_input`]; what must be written to the
+//! server comes out as [`Output::Send`]. Server status strings are decoded once, here, into
+//! [`Output`] variants.
+
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent,
+    ClientSessionResult, PublishRequestType, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::media::core::{FrameKind, MediaFrame};
+use crate::media::flv::Metadata;
+use crate::secret::Secret;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes to write to the server, in order.
+    Send(Bytes),
+    /// The server accepted the publish: media may flow.
+    Published,
+    /// The server acknowledged this many bytes since its last acknowledgement.
+    Acknowledged(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Handshaking,
+    Connecting,
+    PublishRequested,
+    Publishing,
+}
+
+pub struct PublishSession {
+    phase: Phase,
+    handshake: Handshake,
+    client: Option<ClientSession>,
+    app: String,
+    tc_url: String,
+    key: Secret,
+    chunk_size: u32,
+}
+
+fn rtmp_err(context: &str, e: ClientSessionError) -> Error {
+    let kind = match e {
+        ClientSessionError::CreateStreamFailed => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, format!("{context}: {e}"))
+}
+
+impl PublishSession {
+    /// Starts a session; returns it and the handshake bytes (C0+C1) to send first.
+    pub fn new(app: &str, tc_url: &str, key: Secret, chunk_size: u32) -> Result<(Self, Bytes)> {
+        let mut handshake = Handshake::new(PeerType::Client);
+        let c0c1 = handshake
+            .generate_outbound_p0_and_p1()
+            .map_err(|e| crate::err!(Internal, "rtmp handshake: {e:?}"))?;
+        let s = PublishSession {
+            phase: Phase::Handshaking,
+            handshake,
+            client: None,
+            app: app.to_string(),
+            tc_url: tc_url.to_string(),
+            key,
+            chunk_size: chunk_size.clamp(128, 65_536),
+        };
+        Ok((s, Bytes::from(c0c1)))
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Feeds bytes read from the server. Errors are final for this connection; their kind says
+    /// whether a reconnect can help (`PermissionDenied` = publish rejected: it cannot).
+    pub fn handle_input(&mut self, bytes: &[u8], out: &mut Vec<Output>) -> Result<()> {
+        if self.phase == Phase::Handshaking {
+            return self.handle_handshake(bytes, out);
+        }
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| crate::err!(Internal, "no rtmp session after handshake"))?;
+        let results = client
+            .handle_input(bytes)
+            .map_err(|e| rtmp_err("rtmp input", e))?;
+        self.handle_results(results, out)
+    }
+
+    fn handle_handshake(&mut self, bytes: &[u8], out: &mut Vec<Output>) -> Result<()> {
+        let result = self
+            .handshake
+            .process_bytes(bytes)
+            .map_err(|e| crate::err!(Protocol, "rtmp handshake failed: {e:?}"))?;
+        match result {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                push_send(out, response_bytes);
+                Ok(())
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                push_send(out, response_bytes);
+                self.start_session(out)?;
+                if remaining_bytes.is_empty() {
+                    Ok(())
+                } else {
+                    self.handle_input(&remaining_bytes, out)
+                }
+            }
+        }
+    }
+
+    fn start_session(&mut self, out: &mut Vec<Output>) -> Result<()> {
+        let mut config = ClientSessionConfig::new();
+        config.chunk_size = self.chunk_size;
+        config.tc_url = Some(self.tc_url.clone());
+        config.flash_version = "FMLE/3.0 (compatible; onair)".into();
+        let (mut client, results) =
+            ClientSession::new(config).map_err(|e| rtmp_err("rtmp session", e))?;
+        let connect = client
+            .request_connection(self.app.clone())
+            .map_err(|e| rtmp_err("rtmp connect", e))?;
+        self.client = Some(client);
+        self.phase = Phase::Connecting;
+        self.handle_results(results, out)?;
+        self.handle_results(vec![connect], out)
+    }
+
+    fn handle_results(
+        &mut self,
+        results: Vec<ClientSessionResult>,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => push_send(out, p.bytes),
+                ClientSessionResult::RaisedEvent(ev) => self.handle_event(ev, out)?,
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, ev: ClientSessionEvent, out: &mut Vec<Output>) -> Result<()> {
+        match ev {
+            ClientSessionEvent::ConnectionRequestAccepted => {
+                let client = self
+                    .client
+                    .as_mut()
+                    .ok_or_else(|| crate::err!(Internal, "no rtmp session"))?;
+                let r = client
+                    .request_publishing(self.key.expose().to_string(), PublishRequestType::Live)
+                    .map_err(|e| rtmp_err("rtmp publish", e))?;
+                self.phase = Phase::PublishRequested;
+                self.handle_results(vec![r], out)
+            }
+            ClientSessionEvent::ConnectionRequestRejected { description } => Err(crate::err!(
+                PermissionDenied,
+                "ingest rejected the connection to app {:?}: {}",
+                self.app,
+                redact(&description, &self.key)
+            )),
+            ClientSessionEvent::PublishRequestAccepted => {
+                self.phase = Phase::Publishing;
+                out.push(Output::Published);
+                Ok(())
+            }
+            ClientSessionEvent::UnhandleableOnStatusCode { code } => self.on_status(&code),
+            ClientSessionEvent::AcknowledgementReceived { bytes_received } => {
+                out.push(Output::Acknowledged(bytes_received));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes onStatus codes the session does not handle itself.
+    fn on_status(&self, code: &str) -> Result<()> {
+        match StatusCode::decode(code) {
+            StatusCode::PublishRejected => Err(crate::err!(
+                PermissionDenied,
+                "ingest rejected the publish ({code}): check the stream key"
+            )),
+            StatusCode::StreamEnded => {
+                Err(crate::err!(Unavailable, "ingest ended the stream ({code})"))
+            }
+            StatusCode::Other => Ok(()),
+        }
+    }
+
+    /// Serializes one media frame. Only valid while publishing.
+    pub fn send_frame(&mut self, f: &MediaFrame) -> Result<Bytes> {
+        let client = match (&mut self.client, self.phase) {
+            (Some(c), Phase::Publishing) => c,
+            _ => crate::bail!(Internal, "send_frame before the publish was accepted"),
+        };
+        let ts = RtmpTimestamp::new(f.ts_ms);
+        let r = match f.kind {
+            FrameKind::Metadata => {
+                let meta = f.metadata.as_deref().cloned().unwrap_or_default();
+                client.publish_metadata(&stream_metadata(&meta))
+            }
+            FrameKind::VideoHeader | FrameKind::Video => {
+                client.publish_video_data(f.body.clone(), ts, f.droppable)
+            }
+            FrameKind::AudioHeader | FrameKind::Audio => {
+                client.publish_audio_data(f.body.clone(), ts, false)
+            }
+        }
+        .map_err(|e| rtmp_err("rtmp publish", e))?;
+        match r {
+            ClientSessionResult::OutboundResponse(p) => Ok(Bytes::from(p.bytes)),
+            _ => crate::bail!(Internal, "rtmp session produced no packet for a frame"),
+        }
+    }
+}
+
+/// onStatus codes, decoded once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCode {
+    PublishRejected,
+    StreamEnded,
+    Other,
+}
+
+impl StatusCode {
+    pub fn decode(code: &str) -> StatusCode {
+        match code {
+            "NetStream.Publish.BadName"
+            | "NetStream.Publish.Rejected"
+            | "NetStream.Publish.Denied"
+            | "NetStream.Publish.Failed"
+            | "NetConnection.Connect.Rejected" => StatusCode::PublishRejected,
+            "NetStream.Unpublish.Success" | "NetConnection.Connect.Closed" => {
+                StatusCode::StreamEnded
+            }
+            _ => StatusCode::Other,
+        }
+    }
+}
+
+fn push_send(out: &mut Vec<Output>, bytes: Vec<u8>) {
+    if !bytes.is_empty() {
+        out.push(Output::Send(Bytes::from(bytes)));
+    }
+}
+
+/// A server may echo the stream key in a description; never let it through.
+fn redact(text: &str, key: &Secret) -> String {
+    if key.is_empty() {
+        return text.to_string();
+    }
+    text.replace(key.expose(), "***")
+}
+
+fn stream_metadata(m: &Metadata) -> StreamMetadata {
+    let mut s = StreamMetadata::new();
+    s.video_width = m.width;
+    s.video_height = m.height;
+    s.video_codec_id = m.video_codec_id.map(u32::from);
+    s.video_frame_rate = m.frame_rate.map(|f| f as f32);
+    s.video_bitrate_kbps = m.video_data_rate_kbps;
+    s.audio_codec_id = m.audio_codec_id.map(u32::from);
+    s.audio_sample_rate = m.audio_sample_rate;
+    s.audio_channels = m.audio_channels.map(u32::from);
+    s.audio_is_stereo = m.audio_channels.map(|c| c >= 2);
+    s.audio_bitrate_kbps = m.audio_data_rate_kbps;
+    s.encoder = m.encoder.clone();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_decode() {
+        assert_eq!(
+            StatusCode::decode("NetStream.Publish.BadName"),
+            StatusCode::PublishRejected
+        );
+        assert_eq!(
+            StatusCode::decode("NetStream.Publish.Start"),
+            StatusCode::Other
+        );
+        assert_eq!(
+            StatusCode::decode("NetStream.Unpublish.Success"),
+            StatusCode::StreamEnded
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        let k = Secret::new("sk-123");
+        assert_eq!(redact("bad key sk-123 given", &k), "bad key *** given");
+    }
+
+    #[test]
+    fn handshake_garbage_is_an_error_not_a_panic() {
+        let (mut s, c0c1) =
+            PublishSession::new("live", "rtmp://h:1935/live", Secret::new("k"), 4096).expect("new");
+        assert_eq!(c0c1.len(), 1537);
+        let mut out = Vec::new();
+        let r = s.handle_input(&[0x42; 3073], &mut out);
+        assert!(r.is_err());
+        assert_eq!(r.err().map(|e| e.kind()), Some(ErrorKind::Protocol));
+    }
+
+    #[test]
+    fn frame_before_publish_refused() {
+        let (mut s, _) =
+            PublishSession::new("live", "rtmp://h:1935/live", Secret::new("k"), 4096).expect("new");
+        let f = MediaFrame {
+            kind: FrameKind::Video,
+            ts_ms: 0,
+            body: Bytes::from_static(&[0x17, 1, 0, 0, 0]),
+            metadata: None,
+            keyframe: true,
+            droppable: false,
+            rx_ns: 0,
+        };
+        assert!(s.send_frame(&f).is_err());
+    }
+}
