@@ -1,0 +1,62 @@
+//! The plain-socket receiver: a blocking `recv` loop with a 100 ms timeout to notice `stop`.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{DatagramSink, IngestStats, MAX_DATAGRAM};
+use crate::clock::monotonic_ns;
+use crate::error::Result;
+
+pub(super) struct Ctx {
+    pub sock: UdpSocket,
+    pub stats: Arc<IngestStats>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub(super) fn spawn<S: DatagramSink>(ctx: Ctx, sink: S) -> Result<JoinHandle<()>> {
+    ctx.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| crate::err!(Io, "ingest: socket timeout: {e}"))?;
+    std::thread::Builder::new()
+        .name("onair-ingest".into())
+        .spawn(move || run(ctx, sink))
+        .map_err(|e| crate::err!(Io, "ingest: cannot start thread: {e}"))
+}
+
+fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) {
+    // One byte more than the largest datagram accepted, to detect oversized ones.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    while !ctx.stop.load(Ordering::Acquire) {
+        match ctx.sock.recv(&mut buf) {
+            Ok(n) => {
+                let now = monotonic_ns();
+                if n > MAX_DATAGRAM {
+                    ctx.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ctx.stats.datagrams.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    sink.on_datagram(&buf[..n], now);
+                }
+                sink.on_batch_end(now);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                sink.on_batch_end(monotonic_ns());
+            }
+            Err(e) => {
+                ctx.stats.receive_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "ingest: receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
