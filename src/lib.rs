@@ -13,4 +13,5 @@ pub mod fabric_sim;
 pub mod ingest;
 pub mod media;
 pub mod receive;
+pub mod relay;
 pub mod secret;

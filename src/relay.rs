@@ -1,0 +1,135 @@
+//! A relay: one fabric ingest → the media core (on the ingest thread) → one or more egresses.
+//!
+//! This is the data plane's library API. Nothing in the binary starts a relay on its own: the
+//! session supervisor (control plane) does, after consent, passing the confirm instant as the
+//! gate so no media received before it leaves the box.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::egress::{self, Destination, EgressHandle, EgressOptions, SharedQueue, StatsSnapshot};
+use crate::error::Result;
+use crate::ingest::{self, DatagramSink, IngestConfig, IngestHandle};
+use crate::media::core::{CoreStats, MediaCore, MediaFrame};
+
+/// The ingest thread's sink: runs the media core, fans frames out once per receive batch.
+struct CoreSink {
+    core: MediaCore,
+    frames: Vec<MediaFrame>,
+    outputs: Vec<(Arc<SharedQueue>, Arc<egress::EgressStats>)>,
+    stats: Arc<Mutex<CoreStats>>,
+    last_stats_ns: u64,
+}
+
+impl DatagramSink for CoreSink {
+    fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
+        self.core.push_datagram(data, rx_ns, &mut self.frames);
+    }
+
+    fn on_batch_end(&mut self, now_ns: u64) {
+        if !self.frames.is_empty() {
+            for (q, _) in &self.outputs {
+                q.push_all(&self.frames);
+            }
+            self.frames.clear();
+        }
+        if now_ns.saturating_sub(self.last_stats_ns) >= 200_000_000 {
+            self.last_stats_ns = now_ns;
+            let s = self.core.stats();
+            for (_, es) in &self.outputs {
+                es.av_offset_ms.store(s.av_offset_ms, Ordering::Relaxed);
+            }
+            if let Ok(mut g) = self.stats.lock() {
+                *g = s;
+            }
+        }
+    }
+}
+
+pub struct Relay {
+    ingest: Option<IngestHandle>,
+    egresses: Vec<EgressHandle>,
+    core_stats: Arc<Mutex<CoreStats>>,
+}
+
+impl Relay {
+    /// Starts the egresses (on the current tokio runtime), then the ingest. `gate_ns` is the
+    /// consent instant on [`crate::clock::monotonic_ns`]'s clock: the first frame sent is a
+    /// keyframe received at or after it.
+    pub fn start(
+        ingest_cfg: &IngestConfig,
+        destinations: Vec<(Destination, EgressOptions)>,
+        gate_ns: u64,
+    ) -> Result<Relay> {
+        let mut egresses = Vec::with_capacity(destinations.len());
+        for (d, o) in destinations {
+            egresses.push(egress::spawn(d, o)?);
+        }
+        let core_stats = Arc::new(Mutex::new(CoreStats::default()));
+        let sink = CoreSink {
+            core: MediaCore::with_gate(gate_ns),
+            frames: Vec::with_capacity(256),
+            outputs: egresses
+                .iter()
+                .map(|e| (e.queue.clone(), e.stats.clone()))
+                .collect(),
+            stats: core_stats.clone(),
+            last_stats_ns: 0,
+        };
+        let ingest = match ingest::start(ingest_cfg, sink) {
+            Ok(i) => i,
+            Err(e) => {
+                for eg in &egresses {
+                    eg.stop();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Relay {
+            ingest: Some(ingest),
+            egresses,
+            core_stats,
+        })
+    }
+
+    pub fn ingest(&self) -> Option<&IngestHandle> {
+        self.ingest.as_ref()
+    }
+
+    pub fn egresses(&self) -> &[EgressHandle] {
+        &self.egresses
+    }
+
+    pub fn core_stats(&self) -> CoreStats {
+        self.core_stats
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn egress_stats(&self) -> Vec<StatsSnapshot> {
+        self.egresses.iter().map(EgressHandle::snapshot).collect()
+    }
+
+    /// Stops the ingest, lets each egress send what is queued, then ends them.
+    /// Returns each egress's outcome.
+    pub async fn stop(mut self) -> Vec<Result<()>> {
+        if let Some(i) = self.ingest.take() {
+            // Joining the ingest thread blocks briefly (≤ ~100 ms).
+            let _ = tokio::task::spawn_blocking(move || i.stop()).await;
+        }
+        for e in &self.egresses {
+            e.queue.close();
+        }
+        let mut out = Vec::new();
+        for e in self.egresses.drain(..) {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !e.is_finished() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            e.stop();
+            out.push(e.join().await);
+        }
+        out
+    }
+}
