@@ -7,8 +7,11 @@
 pub mod aac;
 pub mod bits;
 pub mod core;
+pub mod crc;
 pub mod flv;
 pub mod h264;
+pub mod pes;
+pub mod psi;
 pub mod rtp;
 pub mod timeline;
 pub mod ts;
