@@ -19,14 +19,28 @@ struct CoreSink {
     outputs: Vec<(Arc<SharedQueue>, Arc<egress::EgressStats>)>,
     stats: Arc<Mutex<CoreStats>>,
     last_stats_ns: u64,
+    last_datagram_ns: u64,
+    /// Pending PES were flushed since the last datagram.
+    flushed: bool,
 }
+
+/// After this long without a datagram the source is taken as paused or gone, and PES still
+/// being assembled are emitted (a video PES without a length is otherwise only complete when
+/// the next one starts).
+pub const IDLE_FLUSH_NS: u64 = 250_000_000;
 
 impl DatagramSink for CoreSink {
     fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
         self.core.push_datagram(data, rx_ns, &mut self.frames);
+        self.last_datagram_ns = rx_ns;
+        self.flushed = false;
     }
 
     fn on_batch_end(&mut self, now_ns: u64) {
+        if !self.flushed && now_ns.saturating_sub(self.last_datagram_ns) >= IDLE_FLUSH_NS {
+            self.core.flush(now_ns, &mut self.frames);
+            self.flushed = true;
+        }
         if !self.frames.is_empty() {
             for (q, _) in &self.outputs {
                 q.push_all(&self.frames);
@@ -75,6 +89,8 @@ impl Relay {
                 .collect(),
             stats: core_stats.clone(),
             last_stats_ns: 0,
+            last_datagram_ns: 0,
+            flushed: true,
         };
         let ingest = match ingest::start(ingest_cfg, sink) {
             Ok(i) => i,

@@ -99,7 +99,10 @@ fn check_recording(rec: &Path, source: &Path, feed: Feed) {
     );
     assert!(
         find_run(&src_a, &rec_a).is_some(),
-        "recorded AAC packets are not a contiguous run of the source's"
+        "recorded AAC packets are not a contiguous run of the source's: first difference at {:?} ({} vs {})",
+        src_a.iter().zip(&rec_a).position(|(a, b)| a != b),
+        src_a.len(),
+        rec_a.len()
     );
 
     for kind in ["video", "audio"] {

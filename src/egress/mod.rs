@@ -350,7 +350,31 @@ impl Driver {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.publishing.store(true, Ordering::Relaxed);
         tracing::info!(url = %self.dest.url, "publishing");
-        self.pump(&mut stream, &mut session).await
+        let end = self.pump(&mut stream, &mut session).await?;
+        self.finish(&mut stream, &mut session).await;
+        Ok(end)
+    }
+
+    /// Graceful end: deleteStream, close our side (TLS close_notify), and read until the
+    /// server closes, so the last frames are not lost to a reset. Bounded to 2 s.
+    async fn finish(&self, stream: &mut Box<dyn Stream>, session: &mut PublishSession) {
+        let graceful = async {
+            for b in session.unpublish()? {
+                self.write(stream, &b).await?;
+            }
+            stream
+                .shutdown()
+                .await
+                .map_err(|e| Error::from_net("shutdown", &e))?;
+            let mut buf = [0u8; 4096];
+            while stream.read(&mut buf).await.map_err(|e| Error::from_net("drain", &e))? > 0 {}
+            Ok::<(), Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), graceful).await {
+            Ok(Ok(())) => tracing::info!(url = %self.dest.url, "unpublished"),
+            Ok(Err(e)) => tracing::debug!(url = %self.dest.url, error = %e, "unpublish"),
+            Err(_) => tracing::debug!(url = %self.dest.url, "unpublish: server did not close within 2 s"),
+        }
     }
 
     async fn connect(&self) -> Result<Box<dyn Stream>> {

@@ -195,6 +195,22 @@ impl PublishSession {
         }
     }
 
+    /// Ends the publish (deleteStream); returns the bytes to send. Nothing when not publishing.
+    pub fn unpublish(&mut self) -> Result<Vec<Bytes>> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let results = client.stop_publishing().map_err(|e| rtmp_err("rtmp unpublish", e))?;
+        self.phase = Phase::Connecting;
+        Ok(results
+            .into_iter()
+            .filter_map(|r| match r {
+                ClientSessionResult::OutboundResponse(p) => Some(Bytes::from(p.bytes)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Serializes one media frame. Only valid while publishing.
     pub fn send_frame(&mut self, f: &MediaFrame) -> Result<Bytes> {
         let client = match (&mut self.client, self.phase) {

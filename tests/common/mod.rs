@@ -463,7 +463,7 @@ pub fn video_frame_hashes(file: &Path) -> Vec<String> {
         .args(["-map", "0:v", "-f", "framemd5", "-"]));
     out.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(',').next())
+        .filter_map(|l| l.split(',').nth(5)) // stream, dts, pts, duration, size, hash[, side data]
         .map(|s| s.trim().to_string())
         .collect()
 }
@@ -480,7 +480,7 @@ pub fn audio_packet_hashes(file: &Path, from_ts: bool) -> Vec<String> {
     let out = run(cmd.args(["-f", "framemd5", "-"]));
     out.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(',').next())
+        .filter_map(|l| l.split(',').nth(5)) // stream, dts, pts, duration, size, hash[, side data]
         .map(|s| s.trim().to_string())
         .collect()
 }
