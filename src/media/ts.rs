@@ -373,6 +373,9 @@ impl Demuxer {
             self.lose(route, true);
             return;
         }
+        if route == Route::Other && !self.is_pcr_pid(header.pid) {
+            return;
+        }
         let Some((af, payload)) = split_packet(header.afc, rest) else {
             self.stats.transport_errors += 1;
             self.lose(route, true);
@@ -453,12 +456,16 @@ impl Demuxer {
         }
     }
 
+    fn is_pcr_pid(&self, pid: u16) -> bool {
+        pid != NULL_PID && self.program.as_ref().is_some_and(|p| p.pcr_pid == pid)
+    }
+
     /// Emits a PCR carried on the program's PCR_PID.
     fn pcr(&self, pid: u16, af: &AdaptationField, out: &mut Vec<DemuxEvent>) {
         let Some(pcr_27m) = af.pcr_27m else {
             return;
         };
-        if self.program.as_ref().is_some_and(|p| p.pcr_pid == pid) {
+        if self.is_pcr_pid(pid) {
             out.push(DemuxEvent::Pcr {
                 pid,
                 pcr_27m,

@@ -680,3 +680,53 @@ fn adaptation_field_overrun_is_a_lost_packet() {
         (1, 1)
     );
 }
+
+#[test]
+fn bounded_pes_cut_short_is_dropped() {
+    let mut demux = started();
+    let mut cc = 0;
+    let long = packetize(
+        AUDIO,
+        &mut cc,
+        Af::default(),
+        &pes(0xC0, 0, None, true, &payload(400, 1)),
+    );
+    // Only the first packet arrives (CC stays continuous), then the next PES starts.
+    let mut packets = vec![long[0].clone()];
+    cc = 1;
+    packets.extend(packetize(
+        AUDIO,
+        &mut cc,
+        Af::default(),
+        &pes(0xC0, 1920, None, true, b"ok"),
+    ));
+    let out = push_all(&mut demux, &packets);
+    let pes = pes_of(&out);
+    assert_eq!(pes.len(), 1);
+    assert_eq!((pes[0].pts_90k, pes[0].after_loss), (Some(1920), true));
+    assert_eq!((demux.stats().pes_errors, demux.stats().cc_errors), (1, 0));
+}
+
+#[test]
+fn pcr_on_a_pid_without_payload_stream() {
+    let mut demux = Demuxer::new();
+    let mut out = Vec::new();
+    demux.push(&psi_packet(0, 0, &pat(0, PMT)), &mut out);
+    demux.push(
+        &psi_packet(PMT, 0, &pmt(0, 0x1FF, &[(0x1B, VIDEO)], &[])),
+        &mut out,
+    );
+    out.clear();
+    let af = Af {
+        pcr_27m: Some(27_000_000),
+        disc: true,
+        ..Af::default()
+    };
+    demux.push(&packet(0x1FF, false, 0, af, &[]), &mut out);
+    let pcr = DemuxEvent::Pcr {
+        pid: 0x1FF,
+        pcr_27m: 27_000_000,
+        discontinuity: true,
+    };
+    assert_eq!(out, [pcr]);
+}
