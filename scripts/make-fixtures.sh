@@ -5,7 +5,9 @@
 #   X.ts              the capture, named <encoder>_<profile>.ts
 #   X.ts.packets.csv  ffprobe -show_entries packet=stream_index,pts,dts,size,flags -of csv=p=0
 #                     one line per demuxed packet: stream_index,pts,dts,size,flags
-#                     (video: one line per PES/access unit; audio: one line per ADTS frame)
+#                     (video: one line per PES/access unit; audio: one line per ADTS frame).
+#                     Packets carrying side data ("MPEGTS Stream ID") end with a trailing comma
+#                     and are followed by a blank line: readers must skip both.
 #
 # ffmpeg is required; GStreamer fixtures are made only if gst-launch-1.0 and the needed elements
 # exist (skipped with a message otherwise). Re-running overwrites the fixtures: the encoders are

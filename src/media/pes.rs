@@ -60,12 +60,12 @@ fn has_optional_header(stream_id: u8) -> bool {
 
 /// Decodes a 33-bit timestamp from its 5-byte wire form `pppp TTT1 TTTT..TTT1 TTTT..TTT1`
 /// (marker bits are not checked: some muxers get them wrong and the value is still usable).
-fn timestamp_33(b: [u8; 5]) -> u64 {
-    (u64::from(b[0] >> 1) & 0x07) << 30
-        | u64::from(b[1]) << 22
-        | (u64::from(b[2]) >> 1) << 15
-        | u64::from(b[3]) << 7
-        | u64::from(b[4]) >> 1
+fn timestamp_33([b0, b1, b2, b3, b4]: [u8; 5]) -> u64 {
+    (u64::from(b0 >> 1) & 0x07) << 30
+        | u64::from(b1) << 22
+        | u64::from(b2 >> 1) << 15
+        | u64::from(b3) << 7
+        | u64::from(b4 >> 1)
 }
 
 /// Parses the PES header at the start of `data` (which may hold only a prefix of the PES).
@@ -316,7 +316,7 @@ mod tests {
     use super::*;
 
     /// Encodes a 33-bit timestamp with prefix `prefix` (0b0010 PTS only, 0b0011/0b0001 PTS/DTS).
-    pub fn ts_bytes(prefix: u8, t: u64) -> [u8; 5] {
+    fn ts_bytes(prefix: u8, t: u64) -> [u8; 5] {
         [
             (prefix << 4) | (((t >> 30) & 0x07) as u8) << 1 | 1,
             (t >> 22) as u8,

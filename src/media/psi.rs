@@ -320,7 +320,7 @@ mod tests {
         let mut last = s[10..].to_vec();
         last.extend_from_slice(&[0xFF; 20]);
         asm.push(false, &last, &mut out);
-        assert_eq!(out.sections, [s.clone()]);
+        assert_eq!(out.sections, std::slice::from_ref(&s));
         // Two sections back to back after a pointer skipping 3 bytes of an unknown section.
         let mut out = SectionOutput::default();
         let mut p = vec![3, 9, 9, 9];
