@@ -91,10 +91,13 @@ fn check_recording(rec: &Path, source: &Path, feed: Feed) {
 
     let src_a = audio_packet_hashes(source, true);
     let rec_a = audio_packet_hashes(rec, false);
+    // The stream starts on the first keyframe: audio that ends before it is not expected.
+    let expected_a = audio_frames_overlapping_video(source);
     assert!(
-        rec_a.len() * 1000 >= src_a.len() * 995,
-        "audio: {} of {} frames arrived",
+        rec_a.len() * 1000 >= expected_a * 995 && rec_a.len() <= src_a.len(),
+        "audio: {} of {} expected frames arrived ({} in the source)",
         rec_a.len(),
+        expected_a,
         src_a.len()
     );
     assert!(
@@ -150,7 +153,10 @@ async fn rtmp_to_nginx_no_bframes_44k_mono_socket_fallback() {
 async fn rtp_wrapped_ts_is_detected() {
     let dir = temp_dir("rtp_ts");
     let nginx = Nginx::start(&dir);
-    let feed = Feed::BFRAMES_48K_STEREO;
+    // ffmpeg's rtp_mpegts muxer never sends its last, partial RTP packet, so the final audio
+    // PES (1–2 frames) of the feed does not reach the wire; a 16 s feed keeps that tail inside
+    // the 0.5 % allowance.
+    let feed = Feed { seconds: 16, ..Feed::BFRAMES_48K_STEREO };
     let src = dir.join("source.ts");
     let cfg = ingest(IngestMode::Auto);
     let url = format!("rtmp://127.0.0.1:{}/live", nginx.port);

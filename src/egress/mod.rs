@@ -367,13 +367,20 @@ impl Driver {
                 .await
                 .map_err(|e| Error::from_net("shutdown", &e))?;
             let mut buf = [0u8; 4096];
-            while stream.read(&mut buf).await.map_err(|e| Error::from_net("drain", &e))? > 0 {}
+            while stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::from_net("drain", &e))?
+                > 0
+            {}
             Ok::<(), Error>(())
         };
         match tokio::time::timeout(Duration::from_secs(2), graceful).await {
             Ok(Ok(())) => tracing::info!(url = %self.dest.url, "unpublished"),
             Ok(Err(e)) => tracing::debug!(url = %self.dest.url, error = %e, "unpublish"),
-            Err(_) => tracing::debug!(url = %self.dest.url, "unpublish: server did not close within 2 s"),
+            Err(_) => {
+                tracing::debug!(url = %self.dest.url, "unpublish: server did not close within 2 s")
+            }
         }
     }
 

@@ -200,7 +200,9 @@ impl PublishSession {
         let Some(client) = self.client.as_mut() else {
             return Ok(Vec::new());
         };
-        let results = client.stop_publishing().map_err(|e| rtmp_err("rtmp unpublish", e))?;
+        let results = client
+            .stop_publishing()
+            .map_err(|e| rtmp_err("rtmp unpublish", e))?;
         self.phase = Phase::Connecting;
         Ok(results
             .into_iter()

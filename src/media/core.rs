@@ -254,8 +254,9 @@ impl MediaCore {
         }
         let mut discontinuity = pes.discontinuity;
         for (i, fr) in frames.iter().enumerate() {
-            let step = 1024 * 90_000 / u64::from(fr.config.sample_rate.max(1));
-            let ts = pts.wrapping_add(step * i as u64);
+            let rate = u64::from(fr.config.sample_rate.max(1));
+            // Exact per-frame offset (1024 samples each): no accumulated truncation.
+            let ts = pts.wrapping_add(i as u64 * 1024 * 90_000 / rate);
             self.on_audio_frame(fr, ts, discontinuity, rx_ns, out);
             discontinuity = false;
         }
@@ -285,8 +286,10 @@ impl MediaCore {
             self.emit_audio_header(rx_ns, out);
             self.emit_metadata(rx_ns, out);
         }
+        // Audio that ends at or before the first keyframe's DTS is from before the stream start.
+        let duration_90k = 1024 * 90_000 / u64::from(fr.config.sample_rate.max(1));
         if let Some(start) = self.start_dts_90k {
-            if timeline::diff33(ts_90k, start as i64) < 0
+            if timeline::diff33(ts_90k + duration_90k, start as i64) <= 0
                 && self.timeline.last_ms(Track::Audio).is_none()
             {
                 self.stats.dropped_before_start += 1;

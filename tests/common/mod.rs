@@ -513,3 +513,33 @@ pub fn find_run(whole: &[String], part: &[String]) -> Option<usize> {
     }
     (0..=whole.len() - part.len()).find(|&i| whole[i..i + part.len()] == *part)
 }
+
+/// Audio packets of a TS file whose interval ends after the first video DTS.
+pub fn audio_frames_overlapping_video(file: &Path) -> usize {
+    let list = |sel: &str, entries: &str| {
+        run(Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                sel,
+                "-show_entries",
+                entries,
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(file))
+    };
+    let first_video_dts = list("v", "packet=dts_time")
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
+        .fold(f64::INFINITY, f64::min);
+    list("a", "packet=pts_time,duration_time")
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split(',').map(|x| x.trim().parse::<f64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(pts, dur)| pts + dur > first_video_dts + 1e-6)
+        .count()
+}
