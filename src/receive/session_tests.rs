@@ -71,11 +71,11 @@ impl Pair {
             client_events: Vec::new(),
             transcript: c0c1,
         };
-        pair.to_server(c2);
+        pair.send_to_server(c2);
         pair
     }
 
-    fn to_server(&mut self, bytes: Vec<u8>) {
+    fn send_to_server(&mut self, bytes: Vec<u8>) {
         self.transcript.extend_from_slice(&bytes);
         let actions = self.server.handle_input(&bytes, &mut self.claims);
         let mut reply = Vec::new();
@@ -86,11 +86,11 @@ impl Pair {
             }
         }
         if !reply.is_empty() {
-            self.to_client(&reply);
+            self.send_to_client(&reply);
         }
     }
 
-    fn to_client(&mut self, bytes: &[u8]) {
+    fn send_to_client(&mut self, bytes: &[u8]) {
         let Ok(results) = self.client.handle_input(bytes) else {
             return;
         };
@@ -107,7 +107,7 @@ impl Pair {
             }
         }
         if !out.is_empty() {
-            self.to_server(out);
+            self.send_to_server(out);
         }
     }
 
@@ -308,7 +308,7 @@ fn garbage_closes() {
 
     // After a good handshake: 1 MB of noise.
     let mut p = Pair::new();
-    p.to_server(xorshift_bytes(7, 1 << 20));
+    p.send_to_server(xorshift_bytes(7, 1 << 20));
     assert!(p.closed_reason().is_some());
 }
 
@@ -322,10 +322,10 @@ fn control_chunk(type_id: u8, value: u32) -> Vec<u8> {
 #[test]
 fn huge_chunk_size_closes() {
     let mut p = Pair::new();
-    p.to_server(control_chunk(1, 0x7FFF_FFFF));
+    p.send_to_server(control_chunk(1, 0x7FFF_FFFF));
     assert!(matches!(p.closed_reason(), Some(CloseReason::Limit(_))));
     let mut p = Pair::new();
-    p.to_server(control_chunk(1, 0));
+    p.send_to_server(control_chunk(1, 0));
     assert!(matches!(p.closed_reason(), Some(CloseReason::Malformed(_))));
 }
 
@@ -333,7 +333,7 @@ fn huge_chunk_size_closes() {
 fn huge_message_and_deep_amf_close() {
     // A video message announcing 9 MiB.
     let mut p = Pair::new();
-    p.to_server(vec![0x06, 0, 0, 0, 0x90, 0, 0, 9, 1, 0, 0, 0]);
+    p.send_to_server(vec![0x06, 0, 0, 0, 0x90, 0, 0, 9, 1, 0, 0, 0]);
     assert!(matches!(p.closed_reason(), Some(CloseReason::Limit(_))));
     // A connect command nested 10000 deep (would overflow rml_amf0's recursion).
     let mut body = vec![0x02, 0, 7];
@@ -344,7 +344,7 @@ fn huge_message_and_deep_amf_close() {
         body.extend_from_slice(&[0x03, 0, 1, b'a']);
     }
     let mut p = Pair::new();
-    p.to_server(control_chunk(1, 65536));
+    p.send_to_server(control_chunk(1, 65536));
     let len = body.len();
     let mut msg = vec![
         0x03,
@@ -358,7 +358,7 @@ fn huge_message_and_deep_amf_close() {
     ];
     msg.extend_from_slice(&[0, 0, 0, 0]);
     msg.extend_from_slice(&body);
-    p.to_server(msg);
+    p.send_to_server(msg);
     assert!(matches!(p.closed_reason(), Some(CloseReason::Malformed(_))));
     // @setDataFrame with nothing after it (rml would index out of bounds).
     let mut p = Pair::new();
@@ -366,7 +366,7 @@ fn huge_message_and_deep_amf_close() {
     p.publish("k3y-cam1");
     let mut msg = vec![0x04, 0, 0, 0, 0, 0, 16, 18, 1, 0, 0, 0, 0x02, 0, 13];
     msg.extend_from_slice(b"@setDataFrame");
-    p.to_server(msg);
+    p.send_to_server(msg);
     assert!(matches!(p.closed_reason(), Some(CloseReason::Malformed(_))));
     assert_eq!(
         p.actions
