@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use onair::receive::{ReceiverConfig, ReceiverHandle, Stats, StreamConfig, start};
@@ -15,6 +15,38 @@ use onair::secret::Secret;
 const KEY: &str = "Zk9-live-0042";
 /// Generous bound for anything that should take a few seconds.
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Everything the receiver logged in this test process.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
 
 /// A temp directory removed on drop.
 struct TempDir(PathBuf);
@@ -140,6 +172,7 @@ fn source() -> &'static Source {
 }
 
 fn config(record_dir: &Path) -> ReceiverConfig {
+    capture_logs();
     let mut c = ReceiverConfig::new(
         record_dir,
         vec![
@@ -293,6 +326,9 @@ async fn rtmp_publish_is_recorded_frame_exact() {
     let (vf, af) = check_recording(&path);
     eprintln!("rtmp recording: {vf} video frames, {af} audio frames, {path:?}");
     let stats = h.stop().await;
+    let logs = logs();
+    assert!(logs.contains("recording complete"), "{logs}");
+    assert!(!logs.contains(KEY), "stream key in logs");
     assert_eq!(stats.connections_active, 0);
 }
 
@@ -313,6 +349,9 @@ async fn wrong_key_is_rejected_without_a_file() {
     assert!(!out.status.success());
     wait(&h, "second rejection", |s| s.publishes_rejected == 2).await;
     h.stop().await;
+    let logs = logs();
+    assert!(logs.contains("unknown stream key"), "{logs}");
+    assert!(!logs.contains(KEY), "stream key in logs");
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -561,4 +600,43 @@ async fn disk_failure_closes_the_connection() {
     );
     wait(&h, "recording", |s| s.files_completed.len() == 1).await;
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_closed_after_the_idle_timeout() {
+    let dir = TempDir::new("idle");
+    let mut c = config(&dir.0);
+    c.idle_timeout_secs = 1;
+    let h = start(c).await.expect("start");
+    let addr = h.local_addr();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(&[3]).expect("c0"); // a handshake that never completes
+        closed_within(&mut s, WAIT)
+    });
+    assert!(closed.await.expect("join"));
+    let stats = wait(&h, "timeout", |s| s.closed_timeout == 1).await;
+    assert_eq!(stats.connections_active, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_mid_publish_finishes_the_recording() {
+    let dir = TempDir::new("stop");
+    let h = start(config(&dir.0)).await.expect("start");
+    let url = format!("rtmp://{}/live/{KEY}", h.local_addr());
+    let ffmpeg = tokio::spawn(publish(url, true, &[]));
+    wait(&h, "media", |s| s.publishes_accepted == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = h.stop().await;
+    assert_eq!(stats.files_completed.len(), 1, "{stats:#?}");
+    let path = &stats.files_completed[0].path;
+    let data = bytes::Bytes::from(std::fs::read(path).expect("read"));
+    let tags = onair::media::flv::parse_file(&data).expect("complete FLV, not truncated");
+    assert_eq!(tags.len() as u64, stats.files_completed[0].tags);
+    let out = ffmpeg.await.expect("join");
+    assert!(
+        !out.status.success(),
+        "publisher should see the connection drop"
+    );
 }
