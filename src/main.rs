@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let rest = args.get(2..).unwrap_or(&[]);
     match args.get(1).map(String::as_str) {
         Some("fabric-sim") => onair::fabric_sim::cli_main(rest),
+        Some("receive") => onair::receive::cli::main(rest),
         Some("version" | "--version") => {
             println!("onair {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
