@@ -156,7 +156,10 @@ async fn rtp_wrapped_ts_is_detected() {
     // ffmpeg's rtp_mpegts muxer never sends its last, partial RTP packet, so the final audio
     // PES (1–2 frames) of the feed does not reach the wire; a 16 s feed keeps that tail inside
     // the 0.5 % allowance.
-    let feed = Feed { seconds: 16, ..Feed::BFRAMES_48K_STEREO };
+    let feed = Feed {
+        seconds: 16,
+        ..Feed::BFRAMES_48K_STEREO
+    };
     let src = dir.join("source.ts");
     let cfg = ingest(IngestMode::Auto);
     let url = format!("rtmp://127.0.0.1:{}/live", nginx.port);
