@@ -411,3 +411,67 @@ async fn garbage_and_truncated_ts_on_ingest_do_not_panic() {
     assert!(!relay.egresses()[0].is_finished());
     relay.stop().await;
 }
+
+async fn start_receiver(dir: &Path, tls: Option<&TestCa>) -> onair::receive::ReceiverHandle {
+    use onair::receive::config::{ReceiverConfig, StreamConfig};
+    let mut c = ReceiverConfig::new(
+        dir.join("rec"),
+        vec![StreamConfig::new(
+            "meeting",
+            "live",
+            Secret::new("right-key"),
+        )],
+    );
+    c.listen = ([127, 0, 0, 1], 0).into();
+    if let Some(ca) = tls {
+        c.tls_cert = Some(ca.cert_pem.clone());
+        c.tls_key = Some(ca.key_pem.clone());
+    }
+    onair::receive::start(c).await.expect("receiver starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmps_into_onair_receive() {
+    let dir = temp_dir("rtmps_receive");
+    let ca = TestCa::make(&dir.join("pki"), "receive");
+    let rx = start_receiver(&dir, Some(&ca)).await;
+    let feed = Feed::BFRAMES_48K_STEREO;
+    let src = dir.join("source.ts");
+    let mut dest = destination(
+        &format!("rtmps://localhost:{}/live", rx.local_addr().port()),
+        "right-key",
+    );
+    dest.allow_plain_rtmp = false;
+    dest.tls.ca_bundle_pem = Some(std::fs::read(&ca.ca_pem).expect("ca"));
+    relay_feed(feed, &ingest(IngestMode::Auto), dest, &src, false).await;
+    let stats = rx.stop().await;
+    assert_eq!(stats.publishes_accepted, 1);
+    assert_eq!(stats.files_completed.len(), 1, "{stats:?}");
+    check_recording(&stats.files_completed[0].path, &src, feed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stream_key_is_a_hard_failure_without_retries() {
+    let dir = temp_dir("bad_key");
+    let rx = start_receiver(&dir, None).await;
+    let dest = destination(
+        &format!("rtmp://127.0.0.1:{}/live", rx.local_addr().port()),
+        "sk-WRONG-KEY",
+    );
+    let (err, snap) = expect_hard_failure(dest).await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("rejected"), "{err}");
+    assert!(
+        !err.to_string().contains("WRONG-KEY"),
+        "key leaked into the error: {err}"
+    );
+    assert_eq!(snap.reconnects, 0, "retried a rejected key");
+    assert_eq!(snap.frames_out, 0);
+    let stats = rx.stop().await;
+    assert_eq!(stats.publishes_rejected, 1, "{stats:?}");
+    assert_eq!(
+        stats.connections_accepted, 1,
+        "a retry storm reached the server"
+    );
+    assert!(stats.files_completed.is_empty());
+}

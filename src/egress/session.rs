@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::rml_amf0::Amf0Value;
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent,
     ClientSessionResult, PublishRequestType, StreamMetadata,
@@ -173,6 +174,14 @@ impl PublishSession {
                 Ok(())
             }
             ClientSessionEvent::UnhandleableOnStatusCode { code } => self.on_status(&code),
+            // A server refusing `publish` answers `_error` for transaction 0, which the client
+            // session does not track: read the status code out of it.
+            ClientSessionEvent::UnknownTransactionResultReceived {
+                additional_values, ..
+            } => match status_code_of(&additional_values) {
+                Some(code) => self.on_status(&code),
+                None => Ok(()),
+            },
             ClientSessionEvent::AcknowledgementReceived { bytes_received } => {
                 out.push(Output::Acknowledged(bytes_received));
                 Ok(())
@@ -262,6 +271,17 @@ impl StatusCode {
             _ => StatusCode::Other,
         }
     }
+}
+
+/// The `code` property of the first object argument of a status or error message.
+fn status_code_of(values: &[Amf0Value]) -> Option<String> {
+    values.iter().find_map(|v| match v {
+        Amf0Value::Object(props) => match props.get("code") {
+            Some(Amf0Value::Utf8String(code)) => Some(code.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 fn push_send(out: &mut Vec<Output>, bytes: Vec<u8>) {
