@@ -14,4 +14,5 @@ pub mod ingest;
 pub mod media;
 pub mod receive;
 pub mod relay;
+pub mod rtmp_guard;
 pub mod secret;

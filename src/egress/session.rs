@@ -16,6 +16,7 @@ use rml_rtmp::time::RtmpTimestamp;
 use crate::error::{Error, ErrorKind, Result};
 use crate::media::core::{FrameKind, MediaFrame};
 use crate::media::flv::Metadata;
+use crate::rtmp_guard::{ChunkGuard, GuardLimits};
 use crate::secret::Secret;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct PublishSession {
     phase: Phase,
     handshake: Handshake,
     client: Option<ClientSession>,
+    /// Vets server bytes before rml_rtmp parses them (it panics on some malformed input).
+    guard: ChunkGuard,
     app: String,
     tc_url: String,
     key: Secret,
@@ -65,6 +68,7 @@ impl PublishSession {
             phase: Phase::Handshaking,
             handshake,
             client: None,
+            guard: ChunkGuard::new(server_limits()),
             app: app.to_string(),
             tc_url: tc_url.to_string(),
             key,
@@ -82,6 +86,9 @@ impl PublishSession {
     pub fn handle_input(&mut self, bytes: &[u8], out: &mut Vec<Output>) -> Result<()> {
         if self.phase == Phase::Handshaking {
             return self.handle_handshake(bytes, out);
+        }
+        if let Err((_, violation)) = self.guard.check(bytes) {
+            crate::bail!(Protocol, "ingest sent malformed RTMP: {violation:?}");
         }
         let client = self
             .client
@@ -273,6 +280,17 @@ impl StatusCode {
     }
 }
 
+/// What an ingest server may send a publisher: control and command messages only, so the
+/// message bound is small; commands are not capped per connection (a long publish sees many
+/// status messages and pings).
+fn server_limits() -> GuardLimits {
+    GuardLimits {
+        max_message_bytes: 256 << 10,
+        max_commands: u32::MAX,
+        ..GuardLimits::default()
+    }
+}
+
 /// The `code` property of the first object argument of a status or error message.
 fn status_code_of(values: &[Amf0Value]) -> Option<String> {
     values.iter().find_map(|v| match v {
@@ -365,5 +383,180 @@ mod tests {
             rx_ns: 0,
         };
         assert!(s.send_frame(&f).is_err());
+    }
+
+    use rml_rtmp::sessions::{
+        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    };
+
+    /// An in-memory ingest server built on rml_rtmp's server session.
+    struct Server {
+        handshake: Handshake,
+        session: Option<ServerSession>,
+        published: bool,
+        reject: bool,
+    }
+
+    impl Server {
+        fn new(reject: bool) -> Self {
+            Server {
+                handshake: Handshake::new(PeerType::Server),
+                session: None,
+                published: false,
+                reject,
+            }
+        }
+
+        fn input(&mut self, bytes: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut rest = bytes.to_vec();
+            if self.session.is_none() {
+                match self
+                    .handshake
+                    .process_bytes(bytes)
+                    .expect("server handshake")
+                {
+                    HandshakeProcessResult::InProgress { response_bytes } => return response_bytes,
+                    HandshakeProcessResult::Completed {
+                        response_bytes,
+                        remaining_bytes,
+                    } => {
+                        out.extend(response_bytes);
+                        let (s, r) =
+                            ServerSession::new(ServerSessionConfig::new()).expect("server");
+                        self.session = Some(s);
+                        self.results(r, &mut out);
+                        rest = remaining_bytes;
+                    }
+                }
+            }
+            if !rest.is_empty() {
+                let r = self
+                    .session
+                    .as_mut()
+                    .expect("session")
+                    .handle_input(&rest)
+                    .expect("server input");
+                self.results(r, &mut out);
+            }
+            out
+        }
+
+        fn results(&mut self, results: Vec<ServerSessionResult>, out: &mut Vec<u8>) {
+            for r in results {
+                match r {
+                    ServerSessionResult::OutboundResponse(p) => out.extend(p.bytes),
+                    ServerSessionResult::RaisedEvent(ev) => {
+                        let id = match ev {
+                            ServerSessionEvent::ConnectionRequested { request_id, .. } => {
+                                request_id
+                            }
+                            ServerSessionEvent::PublishStreamRequested { request_id, .. } => {
+                                self.published = true;
+                                request_id
+                            }
+                            _ => continue,
+                        };
+                        let s = self.session.as_mut().expect("session");
+                        let more = if self.reject && self.published {
+                            s.reject_request(id, "NetStream.Publish.BadName", "no such key")
+                        } else {
+                            s.accept_request(id)
+                        };
+                        self.results(more.expect("answer"), out);
+                    }
+                    ServerSessionResult::UnhandleableMessageReceived(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Runs client ↔ server until the client publishes or fails; returns the client's result.
+    fn converse(server: &mut Server) -> (PublishSession, Result<()>) {
+        let (mut c, c0c1) =
+            PublishSession::new("live", "rtmp://h:1935/live", Secret::new("k"), 4096).expect("new");
+        let mut to_server = c0c1.to_vec();
+        for _ in 0..20 {
+            let reply = server.input(&to_server);
+            let mut out = Vec::new();
+            if let Err(e) = c.handle_input(&reply, &mut out) {
+                return (c, Err(e));
+            }
+            to_server.clear();
+            for o in out {
+                if let Output::Send(b) = o {
+                    to_server.extend_from_slice(&b);
+                }
+            }
+            if c.phase() == Phase::Publishing {
+                return (c, Ok(()));
+            }
+        }
+        (c, Err(crate::err!(Internal, "no publish after 20 rounds")))
+    }
+
+    #[test]
+    fn publishes_against_rml_server_and_sends_frames() {
+        let mut server = Server::new(false);
+        let (mut c, r) = converse(&mut server);
+        r.expect("published");
+        let f = MediaFrame {
+            kind: FrameKind::Video,
+            ts_ms: 40,
+            body: Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]),
+            metadata: None,
+            keyframe: true,
+            droppable: false,
+            rx_ns: 0,
+        };
+        let bytes = c.send_frame(&f).expect("frame");
+        assert!(
+            bytes.ends_with(&f.body),
+            "frame body is the tail of its only chunk"
+        );
+    }
+
+    #[test]
+    fn publish_rejection_is_permission_denied() {
+        let mut server = Server::new(true);
+        let (_, r) = converse(&mut server);
+        assert_eq!(r.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+    }
+
+    #[test]
+    fn hostile_server_bytes_are_errors_not_panics() {
+        let mut server = Server::new(false);
+        let (c, r) = converse(&mut server);
+        r.expect("published");
+        drop(c);
+        // SetChunkSize 0x7FFFFFFF on csid 2, then a message claiming 16 MiB.
+        let evil: Vec<&[u8]> = vec![
+            &[
+                0x02, 0, 0, 0, 0, 0, 4, 0x01, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0xFF,
+            ],
+            &[0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0x14, 0, 0, 0, 0, 1, 2, 3],
+        ];
+        for e in evil {
+            let mut server = Server::new(false);
+            let (mut c, r) = converse(&mut server);
+            r.expect("published");
+            let mut out = Vec::new();
+            let res = c.handle_input(e, &mut out);
+            assert_eq!(res.err().map(|e| e.kind()), Some(ErrorKind::Protocol));
+        }
+        // Mutated copies of a real server conversation never panic.
+        let mut x: u64 = 0xDEAD_BEEF_1234_5678;
+        for _ in 0..2_000 {
+            let mut server = Server::new(false);
+            let (mut c, r) = converse(&mut server);
+            r.expect("published");
+            let mut junk: Vec<u8> = (0..64).map(|i| (x >> (i % 57)) as u8).collect();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            junk[0] = (x as u8 & 0x3F) | ((x >> 8) as u8 & 0xC0);
+            let mut out = Vec::new();
+            let _ = c.handle_input(&junk, &mut out);
+        }
     }
 }

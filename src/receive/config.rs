@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use super::guard::GuardLimits;
 use super::session::StreamEntry;
 use crate::error::Result;
+use crate::rtmp_guard::GuardLimits;
 use crate::secret::Secret;
 use crate::{bail, err};
 

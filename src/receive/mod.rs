@@ -5,7 +5,6 @@
 //! feeds the session and performs its actions, and [`recorder`] for the files.
 pub mod cli;
 pub mod config;
-pub mod guard;
 pub mod recorder;
 pub mod session;
 
@@ -110,7 +109,7 @@ impl Drop for ReceiverHandle {
 
 struct Shared {
     streams: Arc<[StreamEntry]>,
-    guard_limits: guard::GuardLimits,
+    guard_limits: crate::rtmp_guard::GuardLimits,
     idle: Duration,
     record_dir: PathBuf,
     claims: Mutex<HashSet<String>>,

@@ -16,9 +16,9 @@ use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata,
 };
 
-use super::guard::{ChunkGuard, GuardLimits, Violation};
 use crate::error::ErrorKind;
 use crate::media::flv;
+use crate::rtmp_guard::{ChunkGuard, GuardLimits, Violation};
 use crate::secret::Secret;
 
 /// A stream the receiver accepts: publishing `key` on `app` records as `name`.

@@ -1,4 +1,5 @@
-//! A shadow RTMP chunk parser that vets peer bytes before rml_rtmp's `ServerSession` sees them.
+//! A shadow RTMP chunk parser that vets peer bytes before rml_rtmp sees them: the receiver's
+//! `ServerSession` input and the egress's `ClientSession` input (a hostile ingest server).
 //!
 //! Pure: bytes in, a verdict out. Why it exists (rml_rtmp 0.8, read from its source):
 //! - `ChunkDeserializer` keeps one partial-message buffer for all chunk streams and computes
