@@ -38,7 +38,7 @@ impl Schedule {
     /// Interpolates packet times linearly between PCRs (of the first PCR PID seen). Packets
     /// before the first PCR are due at 0; after the last, at the last PCR's rate.
     pub fn from_ts(data: &[u8]) -> Result<Schedule> {
-        if data.len() < TS_PACKET_LEN || data.len() % TS_PACKET_LEN != 0 {
+        if data.len() < TS_PACKET_LEN || !data.len().is_multiple_of(TS_PACKET_LEN) {
             crate::bail!(
                 InvalidArgument,
                 "not a TS file: size is not a multiple of 188 bytes"
@@ -198,6 +198,82 @@ pub fn run(opts: &SimOptions) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: onair fabric-sim --to HOST:PORT [--file FILE.ts] [--loops N] [--packets-per-datagram 1..7] [--rtp]
+  Plays FILE (default: the bundled sample clip) over UDP, paced by its PCR, looping forever
+  unless --loops is given.";
+
+/// The bundled sample clip (H.264 High with B-frames + AAC, ~10 s), made by scripts/make-sample.sh.
+pub const DEFAULT_CLIP: &str = "assets/sample.ts";
+
+/// `onair fabric-sim …`
+pub fn cli_main(args: &[String]) -> std::process::ExitCode {
+    match parse_args(args).and_then(|o| run(&o)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("onair fabric-sim: {e}");
+            if e.kind() == crate::error::ErrorKind::InvalidArgument {
+                eprintln!("{USAGE}");
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<SimOptions> {
+    let mut opts = SimOptions {
+        file: PathBuf::from(DEFAULT_CLIP),
+        to: SocketAddr::from(([127, 0, 0, 1], 5000)),
+        packets_per_datagram: 7,
+        loops: None,
+        rtp: false,
+    };
+    let mut to = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| crate::err!(InvalidArgument, "{name} needs a value"))
+        };
+        match a.as_str() {
+            "--to" => {
+                let v = value("--to")?;
+                to = Some(
+                    std::net::ToSocketAddrs::to_socket_addrs(&v)
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| {
+                            crate::err!(InvalidArgument, "--to {v:?} is not HOST:PORT")
+                        })?,
+                );
+            }
+            "--file" => opts.file = PathBuf::from(value("--file")?),
+            "--loops" => {
+                let v = value("--loops")?;
+                opts.loops =
+                    Some(v.parse().map_err(|_| {
+                        crate::err!(InvalidArgument, "--loops {v:?} is not a number")
+                    })?);
+            }
+            "--packets-per-datagram" => {
+                let v = value("--packets-per-datagram")?;
+                opts.packets_per_datagram = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=7).contains(n))
+                    .ok_or_else(|| {
+                        crate::err!(InvalidArgument, "--packets-per-datagram must be 1..7")
+                    })?;
+            }
+            "--rtp" => opts.rtp = true,
+            "-h" | "--help" => crate::bail!(InvalidArgument, "help"),
+            other => crate::bail!(InvalidArgument, "unknown argument {other:?}"),
+        }
+    }
+    opts.to = to.ok_or_else(|| crate::err!(InvalidArgument, "--to is required"))?;
+    Ok(opts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,80 +363,4 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 7);
         assert_eq!(u32::from_be_bytes([h[4], h[5], h[6], h[7]]), 90_000);
     }
-}
-
-const USAGE: &str = "usage: onair fabric-sim --to HOST:PORT [--file FILE.ts] [--loops N] [--packets-per-datagram 1..7] [--rtp]
-  Plays FILE (default: the bundled sample clip) over UDP, paced by its PCR, looping forever
-  unless --loops is given.";
-
-/// The bundled sample clip (H.264 High with B-frames + AAC, ~10 s), made by scripts/make-sample.sh.
-pub const DEFAULT_CLIP: &str = "assets/sample.ts";
-
-/// `onair fabric-sim …`
-pub fn cli_main(args: &[String]) -> std::process::ExitCode {
-    match parse_args(args).and_then(|o| run(&o)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("onair fabric-sim: {e}");
-            if e.kind() == crate::error::ErrorKind::InvalidArgument {
-                eprintln!("{USAGE}");
-            }
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
-fn parse_args(args: &[String]) -> Result<SimOptions> {
-    let mut opts = SimOptions {
-        file: PathBuf::from(DEFAULT_CLIP),
-        to: SocketAddr::from(([127, 0, 0, 1], 5000)),
-        packets_per_datagram: 7,
-        loops: None,
-        rtp: false,
-    };
-    let mut to = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| crate::err!(InvalidArgument, "{name} needs a value"))
-        };
-        match a.as_str() {
-            "--to" => {
-                let v = value("--to")?;
-                to = Some(
-                    std::net::ToSocketAddrs::to_socket_addrs(&v)
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .ok_or_else(|| {
-                            crate::err!(InvalidArgument, "--to {v:?} is not HOST:PORT")
-                        })?,
-                );
-            }
-            "--file" => opts.file = PathBuf::from(value("--file")?),
-            "--loops" => {
-                let v = value("--loops")?;
-                opts.loops =
-                    Some(v.parse().map_err(|_| {
-                        crate::err!(InvalidArgument, "--loops {v:?} is not a number")
-                    })?);
-            }
-            "--packets-per-datagram" => {
-                let v = value("--packets-per-datagram")?;
-                opts.packets_per_datagram = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=7).contains(n))
-                    .ok_or_else(|| {
-                        crate::err!(InvalidArgument, "--packets-per-datagram must be 1..7")
-                    })?;
-            }
-            "--rtp" => opts.rtp = true,
-            "-h" | "--help" => crate::bail!(InvalidArgument, "help"),
-            other => crate::bail!(InvalidArgument, "unknown argument {other:?}"),
-        }
-    }
-    opts.to = to.ok_or_else(|| crate::err!(InvalidArgument, "--to is required"))?;
-    Ok(opts)
 }

@@ -288,9 +288,11 @@ async fn nginx_killed_and_restarted_mid_stream_reconnects() {
     };
     let src = dir.join("source.ts");
     let cfg = ingest(IngestMode::Auto);
-    let mut opts = EgressOptions::default();
-    opts.backoff_initial = Duration::from_millis(200);
-    opts.backoff_max = Duration::from_secs(1);
+    let opts = EgressOptions {
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        ..EgressOptions::default()
+    };
     let url = format!("rtmp://127.0.0.1:{}/live", nginx.port);
     let relay = Relay::start(&cfg, vec![(destination(&url, "restart"), opts)], 0).expect("relay");
     let mut ff = feed.start(cfg.bind.port(), &src, false);

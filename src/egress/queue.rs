@@ -260,15 +260,21 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let kind = if x % 5 == 0 {
+            let kind = if x.is_multiple_of(5) {
                 FrameKind::Audio
             } else {
                 FrameKind::Video
             };
-            q.push(frame(kind, i, (x % 900) as usize, x % 30 == 0, x % 3 == 0));
+            q.push(frame(
+                kind,
+                i,
+                (x % 900) as usize,
+                x.is_multiple_of(30),
+                x.is_multiple_of(3),
+            ));
             assert!(q.stats().bytes_queued <= 5_000);
             assert!(q.len() <= 50);
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 q.pop();
             }
         }

@@ -288,13 +288,12 @@ impl MediaCore {
         }
         // Audio that ends at or before the first keyframe's DTS is from before the stream start.
         let duration_90k = 1024 * 90_000 / u64::from(fr.config.sample_rate.max(1));
-        if let Some(start) = self.start_dts_90k {
-            if timeline::diff33(ts_90k + duration_90k, start as i64) <= 0
-                && self.timeline.last_ms(Track::Audio).is_none()
-            {
-                self.stats.dropped_before_start += 1;
-                return;
-            }
+        if let Some(start) = self.start_dts_90k
+            && timeline::diff33(ts_90k + duration_90k, start as i64) <= 0
+            && self.timeline.last_ms(Track::Audio).is_none()
+        {
+            self.stats.dropped_before_start += 1;
+            return;
         }
         let m = self
             .timeline

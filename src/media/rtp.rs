@@ -91,7 +91,7 @@ impl Unwrapper {
 
 /// Plain TS starts with 0x47 at every 188-byte boundary; RTP/TS has version 2 and PT 33.
 fn classify(d: &[u8]) -> Option<Framing> {
-    if d.first() == Some(&0x47) && d.len() % 188 == 0 {
+    if d.first() == Some(&0x47) && d.len().is_multiple_of(188) {
         return Some(Framing::Ts);
     }
     let (b0, b1) = (*d.first()?, *d.get(1)?);

@@ -93,7 +93,7 @@ impl Timeline {
         let jumped = match reference {
             Some(r) => {
                 let step = in_90k - r;
-                step > MAX_JUMP_90K || step < -MAX_BACKWARD_90K
+                !(-MAX_BACKWARD_90K..=MAX_JUMP_90K).contains(&step)
             }
             None => false,
         };
