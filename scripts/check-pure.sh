@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The protocol and policy cores take bytes and timestamps and return actions: no sockets, files,
+# clocks or async runtime. This fails if one of them names any of those.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cores=(src/media src/egress/session.rs src/egress/queue.rs src/egress/backoff.rs src/egress/url.rs
+       src/receive/session.rs src/rtmp_guard.rs)
+pattern='tokio|std::net|std::fs|std::thread|Instant|SystemTime|::now\(\)|UdpSocket|TcpStream|File::'
+if hits=$(grep -rnE "$pattern" "${cores[@]}" | grep -vE '^\S+:\s*//|include_bytes'); then
+  echo "I/O or clock use in a pure core:"
+  echo "$hits"
+  exit 1
+fi
+echo "pure cores: ok (${cores[*]})"

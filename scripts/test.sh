@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone on Debian: installs the real peers the tests talk to
+# (ffmpeg/ffprobe, nginx with the RTMP module, stunnel, openssl) when missing, checks format,
+# lints and purity, then runs every unit, golden-file and end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=()
+command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || pkgs+=(ffmpeg)
+command -v nginx >/dev/null 2>&1 || pkgs+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || pkgs+=(libnginx-mod-rtmp)
+command -v stunnel4 >/dev/null 2>&1 || pkgs+=(stunnel4)
+command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "==> installing test peers: ${pkgs[*]}"
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  # Packages must not start their system services (nginx on :80): tests start their own.
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> purity of the sans-IO cores"
+scripts/check-pure.sh
+echo "==> cargo test"
+cargo test --all-targets 2>&1 | tee target/test.log
+# Doc tests too (the library's examples), cheap.
+cargo test --doc --quiet
