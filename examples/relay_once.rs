@@ -22,7 +22,9 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let ingest: std::net::SocketAddr = arg(&args, "--ingest").ok_or("--ingest HOST:PORT")?.parse()?;
+    let ingest: std::net::SocketAddr = arg(&args, "--ingest")
+        .ok_or("--ingest HOST:PORT")?
+        .parse()?;
     let url = RtmpUrl::parse(&arg(&args, "--url").ok_or("--url rtmp[s]://…")?)?;
     let seconds: u64 = arg(&args, "--seconds").map_or(Ok(20), |s| s.parse())?;
     let key = std::env::var("ONAIR_STREAM_KEY").map_err(|_| "set ONAIR_STREAM_KEY")?;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::aac::{self, AdtsFrame, AudioConfig};
 use super::flv::{self, Metadata};
-use super::h264::{AvcConfig, H264Repacker};
+use super::h264::{AvcConfig, AvcFrame, H264Repacker};
 use super::rtp::{RtpStats, Unwrapper};
 use super::timeline::{self, Timeline, Track};
 use super::ts::{DemuxEvent, DemuxStats, Demuxer, Pes, Program, StreamType};
@@ -87,6 +87,18 @@ pub struct CoreStats {
     pub timeline: timeline::TimelineStats,
 }
 
+/// Longest span of video held at the start waiting for the audio config: 2 s.
+pub const MAX_START_HOLD_90K: i64 = 2 * 90_000;
+
+/// A repacked video frame not yet mapped to the output timeline.
+struct Held {
+    dts_90k: u64,
+    pts_90k: u64,
+    frame: AvcFrame,
+    discontinuity: bool,
+    rx_ns: u64,
+}
+
 #[derive(Default)]
 pub struct MediaCore {
     unwrapper: Unwrapper,
@@ -105,6 +117,8 @@ pub struct MediaCore {
     start_dts_90k: Option<u64>,
     /// Video after a loss: drop until a keyframe.
     waiting_keyframe: bool,
+    /// Video held at the start until the audio config is known.
+    held: Vec<Held>,
     /// No frame completed before this receive instant is emitted.
     gate_ns: u64,
     stats: CoreStats,
@@ -147,6 +161,9 @@ impl MediaCore {
     pub fn flush(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
         self.demux.flush(&mut self.events);
         self.drain_events(rx_ns, out);
+        if !self.started {
+            self.start_with_held(out);
+        }
     }
 
     fn drain_events(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
@@ -194,6 +211,7 @@ impl MediaCore {
             Err(_) => {
                 self.stats.h264_errors += 1;
                 self.waiting_keyframe = true;
+                self.held.clear();
                 return;
             }
         };
@@ -204,26 +222,73 @@ impl MediaCore {
                 self.emit_metadata(rx_ns, out);
             }
         }
+        if pes.after_loss {
+            // A broken chain also invalidates frames held for the start.
+            self.held.clear();
+        }
+        let held = Held {
+            dts_90k: dts,
+            pts_90k: pts,
+            frame,
+            discontinuity: pes.discontinuity,
+            rx_ns,
+        };
         if !self.started {
-            if !frame.keyframe || rx_ns < self.gate_ns || self.avc.is_none() {
-                self.stats.dropped_before_start += 1;
-                return;
-            }
-            self.start(dts, rx_ns, out);
-        } else if self.waiting_keyframe && !frame.keyframe {
+            self.before_start(held, out);
+            return;
+        }
+        if self.waiting_keyframe && !held.frame.keyframe {
             self.stats.dropped_waiting_keyframe += 1;
             return;
         }
+        self.emit_video(held, out);
+    }
+
+    /// Video before the stream started: wait for a keyframe at or after the gate; when the PMT
+    /// announces audio whose config is not known yet, hold the keyframe and what follows (up to
+    /// [`MAX_START_HOLD_90K`]) so both sequence headers come before the first frame.
+    fn before_start(&mut self, h: Held, out: &mut Vec<MediaFrame>) {
+        if self.held.is_empty()
+            && (!h.frame.keyframe || h.rx_ns < self.gate_ns || self.avc.is_none())
+        {
+            self.stats.dropped_before_start += 1;
+            return;
+        }
+        let audio_pending = self.audio_pid.is_some() && self.aac.is_none();
+        let held_too_long = self.held.first().is_some_and(|first| {
+            timeline::diff33(h.dts_90k, first.dts_90k as i64) > MAX_START_HOLD_90K
+        });
+        self.held.push(h);
+        if !audio_pending || held_too_long {
+            self.start_with_held(out);
+        }
+    }
+
+    /// Starts the stream with the held frames (the first one is a keyframe).
+    fn start_with_held(&mut self, out: &mut Vec<MediaFrame>) {
+        let held = std::mem::take(&mut self.held);
+        let Some(first) = held.first() else {
+            return;
+        };
+        self.start(first.dts_90k, first.rx_ns, out);
+        for h in held {
+            self.emit_video(h, out);
+        }
+    }
+
+    fn emit_video(&mut self, h: Held, out: &mut Vec<MediaFrame>) {
         self.waiting_keyframe = false;
-        let m = self.timeline.map(Track::Video, dts, pts, pes.discontinuity);
+        let m = self
+            .timeline
+            .map(Track::Video, h.dts_90k, h.pts_90k, h.discontinuity);
         let mut f = MediaFrame::new(
             FrameKind::Video,
             m.dts_ms,
-            flv::avc_frame(frame.keyframe, m.cts_ms, &frame.data),
-            rx_ns,
+            flv::avc_frame(h.frame.keyframe, m.cts_ms, &h.frame.data),
+            h.rx_ns,
         );
-        f.keyframe = frame.keyframe;
-        f.droppable = !frame.keyframe && avcc_is_disposable(&frame.data);
+        f.keyframe = h.frame.keyframe;
+        f.droppable = !h.frame.keyframe && avcc_is_disposable(&h.frame.data);
         self.stats.video_frames += 1;
         self.update_av_offset();
         out.push(f);
@@ -277,11 +342,15 @@ impl MediaCore {
         }
         let audio_only = self.video_pid.is_none();
         if !self.started {
-            if !audio_only || rx_ns < self.gate_ns {
+            if !self.held.is_empty() {
+                // The audio config the held keyframe was waiting for.
+                self.start_with_held(out);
+            } else if !audio_only || rx_ns < self.gate_ns {
                 self.stats.dropped_before_start += 1;
                 return;
+            } else {
+                self.start(ts_90k, rx_ns, out);
             }
-            self.start(ts_90k, rx_ns, out);
         } else if changed {
             self.emit_audio_header(rx_ns, out);
             self.emit_metadata(rx_ns, out);
@@ -416,3 +485,7 @@ mod tests {
         assert!(!avcc_is_disposable(&[0, 0, 0, 9, 1]));
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod golden_tests;

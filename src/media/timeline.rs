@@ -132,6 +132,12 @@ impl Timeline {
 
     fn output(&mut self, t: usize, in_90k: i64) -> i64 {
         let mut out = in_90k + self.offset_90k;
+        if out < 0 {
+            // A sample slightly older than the first one sent (audio overlapping the starting
+            // keyframe): the stream cannot go below 0.
+            out = 0;
+            self.stats.clamped += 1;
+        }
         let st = &mut self.tracks[t];
         if let Some(last_out) = st.last_out_90k {
             if out < last_out {
