@@ -628,9 +628,10 @@ fn remove_profile(state: &mut State, id: &str, env: &mut Env, out: &mut Outcome)
                 SessionState::Scheduled
                     | SessionState::AwaitingConfirmation { .. }
                     | SessionState::Interrupted
-            ) {
-                set_state(sess, SessionState::Cancelled, env.now_ms, out);
-            }
+            )
+        {
+            set_state(sess, SessionState::Cancelled, env.now_ms, out);
+        }
     }
 }
 
@@ -658,12 +659,13 @@ fn create_session(
         return deny(DenyCode::Invalid, "invalid fabric source");
     }
     if let Schedule::At { start_ms, stop_ms } = schedule
-        && stop_ms.is_some_and(|s| s <= start_ms) {
-            return deny(
-                DenyCode::Invalid,
-                "the stop time must be after the start time",
-            );
-        }
+        && stop_ms.is_some_and(|s| s <= start_ms)
+    {
+        return deny(
+            DenyCode::Invalid,
+            "the stop time must be after the start time",
+        );
+    }
     let id = env.new_id("ses");
     let mut session = Session {
         id: id.clone(),
@@ -1099,3 +1101,7 @@ fn boot(state: &mut State, env: &mut Env, out: &mut Outcome) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "consent_tests.rs"]
+mod tests;

@@ -172,9 +172,10 @@ pub fn validate(
     }
     if policy.private_only
         && let Ok(ip) = parsed.host.parse::<IpAddr>()
-            && !is_private(ip) {
-                return Err("this appliance is private-only: public addresses are refused".into());
-            }
+        && !is_private(ip)
+    {
+        return Err("this appliance is private-only: public addresses are refused".into());
+    }
     Ok((parsed, addr))
 }
 
