@@ -29,11 +29,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Whether an egress should reconnect after this error.
-    pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Unavailable | ErrorKind::Protocol)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidArgument => "invalid_argument",

@@ -29,7 +29,24 @@ struct CoreSink {
 /// the next one starts).
 pub const IDLE_FLUSH_NS: u64 = 250_000_000;
 
+impl CoreSink {
+    fn push_frames(&mut self) {
+        if !self.frames.is_empty() {
+            for (q, _) in &self.outputs {
+                q.push_all(&self.frames);
+            }
+            self.frames.clear();
+        }
+    }
+}
+
 impl DatagramSink for CoreSink {
+    fn on_stop(&mut self, now_ns: u64) {
+        // End of input: the last unbounded frame is complete now.
+        self.core.flush(now_ns, &mut self.frames);
+        self.push_frames();
+    }
+
     fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
         self.core.push_datagram(data, rx_ns, &mut self.frames);
         self.last_datagram_ns = rx_ns;
@@ -38,15 +55,10 @@ impl DatagramSink for CoreSink {
 
     fn on_batch_end(&mut self, now_ns: u64) {
         if !self.flushed && now_ns.saturating_sub(self.last_datagram_ns) >= IDLE_FLUSH_NS {
-            self.core.flush(now_ns, &mut self.frames);
+            self.core.flush_idle(now_ns, &mut self.frames);
             self.flushed = true;
         }
-        if !self.frames.is_empty() {
-            for (q, _) in &self.outputs {
-                q.push_all(&self.frames);
-            }
-            self.frames.clear();
-        }
+        self.push_frames();
         if now_ns.saturating_sub(self.last_stats_ns) >= 200_000_000 {
             self.last_stats_ns = now_ns;
             let s = self.core.stats();

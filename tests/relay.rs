@@ -543,3 +543,67 @@ async fn fabric_sim_loops_play_through_with_continuous_timestamps() {
         "DTS steps {irregular:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_is_honoured_while_the_ingest_stalls_the_handshake() {
+    // Regression: stop was only read between frames, so a stalled connect/publish ignored it
+    // for up to 30 s. An ingest that accepts TCP and never answers:
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = stall.local_addr().expect("addr").port();
+    let _held = std::thread::spawn(move || {
+        stall
+            .accept()
+            .map(|(s, _)| std::thread::sleep(Duration::from_secs(30)) == drop(s))
+    });
+    let relay = Relay::start(
+        &ingest(IngestMode::Auto),
+        vec![(
+            destination(&format!("rtmp://127.0.0.1:{port}/live"), "k-stall"),
+            EgressOptions::default(),
+        )],
+        0,
+    )
+    .expect("relay");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = tokio::time::Instant::now();
+    relay.egresses()[0].stop();
+    while !relay.egresses()[0].is_finished() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "stop took longer than 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("stopped {:?} after the request", asked.elapsed());
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failures_are_retried_not_fatal() {
+    // Regression: a failed name lookup mapped to an Io error, which ended the egress.
+    let opts = EgressOptions {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(100),
+        ..EgressOptions::default()
+    };
+    let relay = Relay::start(
+        &ingest(IngestMode::Auto),
+        vec![(
+            destination("rtmp://no-such-host.invalid/live", "k-dns"),
+            opts,
+        )],
+        0,
+    )
+    .expect("relay");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        !relay.egresses()[0].is_finished(),
+        "the egress gave up on a DNS failure"
+    );
+    assert!(
+        relay.egress_stats()[0].reconnects >= 2,
+        "{:?}",
+        relay.egress_stats()
+    );
+    relay.stop().await;
+}

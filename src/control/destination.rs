@@ -12,7 +12,7 @@ pub fn preset(service: Service) -> Option<(&'static str, Option<&'static str>)> 
     match service {
         Service::Youtube => Some((
             "rtmps://a.rtmps.youtube.com:443/live2",
-            Some("rtmps://b.rtmps.youtube.com:443/live2"),
+            Some("rtmps://b.rtmps.youtube.com:443/live2?backup=1"),
         )),
         Service::Facebook => Some(("rtmps://live-api-s.facebook.com:443/rtmp", None)),
         Service::Twitch => Some(("rtmp://live.twitch.tv:1935/app", None)),

@@ -45,7 +45,8 @@ pub struct EgressOptions {
     pub connect_timeout: Duration,
     /// From TCP connect to publish accepted. Default 10 s.
     pub publish_timeout: Duration,
-    /// A write that makes no progress for this long means a stalled peer. Default 10 s.
+    /// A write of one message (or the handshake) not done within this long means a stalled
+    /// peer: the connection is dropped and re-made. Default 10 s.
     pub write_timeout: Duration,
     /// Outbound RTMP chunk size (128..=65536). Default 32768.
     pub chunk_size: u32,
@@ -161,7 +162,8 @@ impl SharedQueue {
     }
 }
 
-/// A running egress. Dropping it does not stop it: call [`EgressHandle::stop`].
+/// A running egress. [`EgressHandle::stop`] (or dropping the handle) stops it at the next
+/// await point, also while it is connecting or publishing.
 pub struct EgressHandle {
     pub stats: Arc<EgressStats>,
     pub queue: Arc<SharedQueue>,
@@ -238,6 +240,12 @@ pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
     })
 }
 
+/// Whether the stream key appears in the URL (pasted into the path, typically).
+pub fn url_holds_key(url: &RtmpUrl, key: &Secret) -> bool {
+    let k = key.expose();
+    k.len() >= 4 && (url.app.contains(k) || url.host.contains(k))
+}
+
 fn check_policy(dest: &Destination) -> Result<()> {
     if !dest.url.is_tls() && !dest.allow_plain_rtmp {
         crate::bail!(
@@ -251,6 +259,13 @@ fn check_policy(dest: &Destination) -> Result<()> {
             InvalidArgument,
             "destination {} has no stream key",
             dest.url
+        );
+    }
+    if url_holds_key(&dest.url, &dest.stream_key) {
+        // The URL is logged and sent as tcUrl: a key pasted into it would leak.
+        crate::bail!(
+            InvalidArgument,
+            "the ingest URL contains the stream key; give the URL without it (the key goes in its own field)"
         );
     }
     Ok(())
@@ -300,6 +315,28 @@ struct Driver {
     headers: HeaderCache,
 }
 
+/// A publish that lasted this long counts as established (the backoff schedule resets).
+const STABLE_PUBLISH: Duration = Duration::from_secs(10);
+
+/// Failures a reconnect cannot fix. Everything else (network loss, DNS, resets, a server that
+/// misbehaves) is retried with backoff.
+pub fn is_hard_failure(kind: crate::error::ErrorKind) -> bool {
+    use crate::error::ErrorKind as K;
+    matches!(
+        kind,
+        K::PermissionDenied | K::Certificate | K::Policy | K::InvalidArgument
+    )
+}
+
+/// Resolves when a stop was requested (or the handle is gone).
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Driver {
     async fn run(mut self) -> Result<()> {
         let seed = std::time::SystemTime::now()
@@ -309,20 +346,32 @@ impl Driver {
         let mut backoff =
             backoff::Backoff::new(self.opts.backoff_initial, self.opts.backoff_max, seed);
         loop {
-            let connects_before = self.stats.connects.load(Ordering::Relaxed);
-            let result = self.connect_and_pump().await;
-            if self.stats.connects.load(Ordering::Relaxed) > connects_before {
-                // It got as far as publishing: the next outage starts a fresh schedule.
+            let mut stop = self.stop.clone();
+            let attempt = tokio::select! {
+                r = self.connect_and_pump() => Some(r),
+                _ = wait_stop(&mut stop) => None,
+            };
+            self.stats.publishing.store(false, Ordering::Relaxed);
+            let Some(result) = attempt else {
+                return Ok(()); // stopped while connecting or publishing
+            };
+            let (result, published_for) = result;
+            if published_for >= STABLE_PUBLISH {
+                // A publish that held: the next outage starts a fresh schedule. A server that
+                // accepts and drops at once keeps backing off.
                 backoff.reset();
             }
-            self.stats.publishing.store(false, Ordering::Relaxed);
             let err = match result {
                 Ok(PumpEnd::Stopped | PumpEnd::Drained) => return Ok(()),
                 Err(e) => e,
             };
-            if !err.kind().is_retryable() {
+            if is_hard_failure(err.kind()) {
                 tracing::error!(url = %self.dest.url, error = %err, "egress failed");
                 return Err(err);
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                // Stopping, and the ingest is gone: do not reconnect just to drain.
+                return Ok(());
             }
             let delay = backoff.next_delay();
             tracing::warn!(url = %self.dest.url, error = %err, ?delay, "egress lost the ingest; reconnecting");
@@ -330,7 +379,6 @@ impl Driver {
                 return Ok(());
             }
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            self.queue.lock().resume_at_latest_keyframe();
         }
     }
 
@@ -344,15 +392,28 @@ impl Driver {
         }
     }
 
-    async fn connect_and_pump(&mut self) -> Result<PumpEnd> {
-        let mut stream = self.connect().await?;
-        let mut session = self.publish(&mut stream).await?;
+    /// One connection: returns how it ended and how long it was publishing.
+    async fn connect_and_pump(&mut self) -> (Result<PumpEnd>, Duration) {
+        let mut stream = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return (Err(e), Duration::ZERO),
+        };
+        let mut session = match self.publish(&mut stream).await {
+            Ok(s) => s,
+            Err(e) => return (Err(e), Duration::ZERO),
+        };
+        let since = Instant::now();
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.publishing.store(true, Ordering::Relaxed);
         tracing::info!(url = %self.dest.url, "publishing");
-        let end = self.pump(&mut stream, &mut session).await?;
+        // Media queued while disconnected is stale: resume at the newest keyframe.
+        self.queue.lock().resume_at_latest_keyframe();
+        let end = match self.pump(&mut stream, &mut session).await {
+            Ok(end) => end,
+            Err(e) => return (Err(e), since.elapsed()),
+        };
         self.finish(&mut stream, &mut session).await;
-        Ok(end)
+        (Ok(end), since.elapsed())
     }
 
     /// Graceful end: deleteStream, close our side (TLS close_notify), and read until the
@@ -505,8 +566,12 @@ impl Driver {
             if *self.stop.borrow() {
                 return Ok(PumpEnd::Stopped);
             }
+            // Cache the batch's headers before sending anything: if a write fails midway, the
+            // reconnect must re-send the newest headers, not ones older than the frames.
             for f in &batch {
                 self.headers.remember(f);
+            }
+            for f in &batch {
                 let b = session.send_frame(f)?;
                 self.write(stream, &b).await?;
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
@@ -572,5 +637,54 @@ impl BitrateMeter {
         let bps = (self.bytes as f64 * 8.0 / el.as_secs_f64()) as u64;
         *self = BitrateMeter::new();
         Some(bps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(url: &str, key: &str) -> Destination {
+        Destination {
+            url: RtmpUrl::parse(url).expect("url"),
+            stream_key: Secret::new(key),
+            tls: TlsOptions::default(),
+            allow_plain_rtmp: false,
+        }
+    }
+
+    #[test]
+    fn a_key_pasted_into_the_url_is_refused_without_echoing_it() {
+        let e = check_policy(&dest(
+            "rtmps://a.rtmps.youtube.com/live2/abcd-1234-efgh",
+            "abcd-1234-efgh",
+        ))
+        .expect_err("refused");
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+        assert!(!e.to_string().contains("abcd-1234"), "{e}");
+        assert!(check_policy(&dest("rtmps://a.rtmps.youtube.com/live2", "abcd-1234-efgh")).is_ok());
+    }
+
+    #[test]
+    fn hard_failures_are_the_ones_a_retry_cannot_fix() {
+        use crate::error::ErrorKind as K;
+        for k in [
+            K::PermissionDenied,
+            K::Certificate,
+            K::Policy,
+            K::InvalidArgument,
+        ] {
+            assert!(is_hard_failure(k), "{k:?}");
+        }
+        // Regression: a DNS failure surfaced as Io and ended the egress for good.
+        for k in [
+            K::Unavailable,
+            K::Protocol,
+            K::Io,
+            K::ResourceExhausted,
+            K::Internal,
+        ] {
+            assert!(!is_hard_failure(k), "{k:?}");
+        }
     }
 }

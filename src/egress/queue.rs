@@ -27,6 +27,8 @@ pub struct FrameQueue {
     max_frames: usize,
     /// Dropping incoming media until the next keyframe.
     skipping: bool,
+    /// A video frame was ever queued (audio-only streams resume on any frame).
+    has_video: bool,
     stats: QueueStats,
 }
 
@@ -38,6 +40,7 @@ impl FrameQueue {
             max_bytes: max_bytes.max(1),
             max_frames: max_frames.max(2),
             skipping: false,
+            has_video: false,
             stats: QueueStats::default(),
         }
     }
@@ -60,8 +63,15 @@ impl FrameQueue {
 
     pub fn push(&mut self, f: MediaFrame) {
         self.stats.frames_in += 1;
-        if self.skipping && !f.kind.is_header() {
-            if f.kind == FrameKind::Video && f.keyframe {
+        if f.kind == FrameKind::Video {
+            self.has_video = true;
+        }
+        if f.kind.is_header() {
+            self.push_header(f);
+            return;
+        }
+        if self.skipping {
+            if self.is_resume_point(&f) {
                 self.skipping = false;
             } else {
                 self.stats.frames_dropped += 1;
@@ -69,11 +79,39 @@ impl FrameQueue {
             }
         }
         while self.over(f.body.len()) && self.make_room() {}
-        if self.over(f.body.len()) && !f.kind.is_header() {
-            // Only headers left and still no room: this frame cannot fit.
+        if self.over(f.body.len()) {
+            // Only headers left and still no room: this frame cannot fit, and what follows it
+            // cannot be decoded without it.
             self.stats.frames_dropped += 1;
-            self.skipping = !(f.kind == FrameKind::Video && f.keyframe) || self.skipping;
+            self.skipping = true;
             return;
+        }
+        self.bytes += f.body.len();
+        self.frames.push_back(f);
+    }
+
+    /// Where a stream can resume after a drop: a video keyframe, or any audio frame when the
+    /// stream has no video.
+    fn is_resume_point(&self, f: &MediaFrame) -> bool {
+        match f.kind {
+            FrameKind::Video => f.keyframe,
+            FrameKind::Audio => !self.has_video,
+            _ => true,
+        }
+    }
+
+    /// Headers are never dropped, but one that no media frame has followed yet is superseded
+    /// by a newer one of its kind (bounds a source that changes its config on every frame).
+    fn push_header(&mut self, f: MediaFrame) {
+        let trailing = self
+            .frames
+            .iter()
+            .rev()
+            .take_while(|x| x.kind.is_header())
+            .count();
+        let start = self.frames.len() - trailing;
+        if let Some(i) = (start..self.frames.len()).find(|&i| self.frames[i].kind == f.kind) {
+            self.remove_at(i);
         }
         self.bytes += f.body.len();
         self.frames.push_back(f);
@@ -88,6 +126,10 @@ impl FrameQueue {
     /// After a reconnect: drop queued media before the newest queued keyframe (stale after an
     /// outage) and skip incoming media until a keyframe if none is queued. Headers stay.
     pub fn resume_at_latest_keyframe(&mut self) {
+        if !self.has_video {
+            // Audio only: every frame is a resume point; keep what is queued.
+            return;
+        }
         let newest_key = self
             .frames
             .iter()
@@ -119,7 +161,7 @@ impl FrameQueue {
             .iter()
             .enumerate()
             .skip(first + 1)
-            .find(|(_, f)| f.kind == FrameKind::Video && f.keyframe)
+            .find(|(_, f)| !f.kind.is_header() && self.is_resume_point(f))
             .map(|(i, _)| i);
         match next_key {
             Some(k) => self.drop_media_before(k),
@@ -279,5 +321,52 @@ mod tests {
             }
         }
         assert_decodable(&mut q);
+    }
+
+    #[test]
+    fn a_keyframe_that_cannot_fit_makes_the_queue_skip_its_gop() {
+        // Regression: the refused keyframe left `skipping` off, so its P-frames were queued.
+        let mut q = FrameQueue::new(150, 100);
+        q.push(video(0, true));
+        q.push(frame(FrameKind::Video, 40, 400, true, false)); // larger than the whole queue
+        q.pop();
+        q.push(video(80, false)); // belongs to the refused keyframe's GOP
+        q.push(video(120, true));
+        assert_eq!(assert_decodable(&mut q), vec![120]);
+    }
+
+    #[test]
+    fn audio_only_streams_resume_after_reconnect_and_overflow() {
+        // Regression: only a video keyframe ended skip mode, so audio-only streams went silent.
+        let audio = |ts| frame(FrameKind::Audio, ts, 100, false, false);
+        let mut q = FrameQueue::new(250, 100);
+        q.push(audio(0));
+        q.push(audio(21));
+        q.resume_at_latest_keyframe();
+        q.push(audio(42)); // overflow: the oldest goes
+        q.push(audio(64));
+        let got: Vec<u32> = std::iter::from_fn(|| q.pop()).map(|f| f.ts_ms).collect();
+        assert_eq!(got, vec![42, 64]);
+    }
+
+    #[test]
+    fn headers_without_media_between_are_superseded() {
+        // A source changing its config on every frame must not grow the queue without bound.
+        let mut q = FrameQueue::new(10_000, 100);
+        q.push(video(0, true));
+        for i in 0..10_000u32 {
+            q.push(frame(FrameKind::AudioHeader, i, 4, false, false));
+            q.push(frame(FrameKind::Metadata, i, 0, false, false));
+        }
+        assert_eq!(
+            q.len(),
+            3,
+            "one video frame and the newest of each header kind"
+        );
+        q.pop();
+        assert_eq!(
+            q.pop().map(|f| (f.kind, f.ts_ms)),
+            Some((FrameKind::AudioHeader, 9_999))
+        );
     }
 }

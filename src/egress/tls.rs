@@ -70,10 +70,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 pub fn classify_tls_error(e: &std::io::Error) -> Error {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         let kind = match tls {
+            // Our own verification refused the server: a retry cannot fix it.
             rustls::Error::InvalidCertificate(_) => ErrorKind::Certificate,
-            rustls::Error::AlertReceived(_) | rustls::Error::PeerIncompatible(_) => {
-                ErrorKind::Certificate
-            }
+            // An alert from the server (busy edge, internal error) may pass: retried.
             _ => ErrorKind::Protocol,
         };
         return Error::new(kind, format!("TLS handshake failed: {tls}"));

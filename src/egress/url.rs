@@ -34,7 +34,10 @@ impl RtmpUrl {
                 "ingest URL must start with rtmps:// or rtmp://"
             );
         };
-        if rest.contains(['?', '#', '@'])
+        // The one query accepted: YouTube's backup ingest (`…/live2?backup=1`), kept in the
+        // app name as encoders do.
+        let rest_checked = rest.strip_suffix("?backup=1").unwrap_or(rest);
+        if rest_checked.contains(['?', '#', '@'])
             || rest.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             crate::bail!(
@@ -116,6 +119,14 @@ impl fmt::Display for RtmpUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn youtube_backup_query_is_the_only_query() {
+        let u = RtmpUrl::parse("rtmps://b.rtmps.youtube.com:443/live2?backup=1").expect("backup");
+        assert_eq!(u.app, "live2?backup=1");
+        assert!(RtmpUrl::parse("rtmps://b.rtmps.youtube.com/live2?backup=2").is_err());
+        assert!(RtmpUrl::parse("rtmps://h/live?key=x&backup=1").is_err());
+    }
 
     #[test]
     fn presets_parse() {

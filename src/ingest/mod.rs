@@ -21,6 +21,8 @@ pub trait DatagramSink: Send + 'static {
     fn on_datagram(&mut self, data: &[u8], rx_ns: u64);
     /// After each batch of datagrams (and at least every ~100 ms when idle).
     fn on_batch_end(&mut self, _now_ns: u64) {}
+    /// The ingest is stopping: nothing more will come.
+    fn on_stop(&mut self, _now_ns: u64) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

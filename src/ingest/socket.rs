@@ -59,4 +59,5 @@ fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) {
             }
         }
     }
+    sink.on_stop(monotonic_ns());
 }

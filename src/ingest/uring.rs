@@ -224,6 +224,7 @@ impl Receiver {
             sink.on_batch_end(now);
         }
         self.shutdown();
+        sink.on_stop(monotonic_ns());
     }
 
     /// Handles every completion; returns whether the multishot ended and must be re-armed.

@@ -90,8 +90,14 @@ pub struct CoreStats {
 /// Longest span of video held at the start waiting for the audio config: 2 s.
 pub const MAX_START_HOLD_90K: i64 = 2 * 90_000;
 
+/// The same bound in receive time (a source whose DTS stalls or jumps back): 2 s.
+pub const MAX_START_HOLD_NS: u64 = 2_000_000_000;
+/// And in frames (120 fps for 2 s).
+pub const MAX_START_HOLD_FRAMES: usize = 240;
+
 /// A repacked video frame not yet mapped to the output timeline.
 struct Held {
+    first_packet: u64,
     dts_90k: u64,
     pts_90k: u64,
     frame: AvcFrame,
@@ -119,8 +125,11 @@ pub struct MediaCore {
     waiting_keyframe: bool,
     /// Video held at the start until the audio config is known.
     held: Vec<Held>,
-    /// No frame completed before this receive instant is emitted.
+    /// The consent instant (caller's monotonic ns).
     gate_ns: u64,
+    /// Demuxer index of the first TS packet received at or after `gate_ns`: a frame passes
+    /// the gate only if its first packet is at or after it.
+    gate_packet: Option<u64>,
     stats: CoreStats,
 }
 
@@ -153,7 +162,18 @@ impl MediaCore {
             self.stats.bad_datagrams += 1;
             return;
         };
+        if self.gate_packet.is_none() && rx_ns >= self.gate_ns {
+            self.gate_packet = Some(self.demux.stats().packets + 1);
+        }
         self.demux.push(ts, &mut self.events);
+        self.drain_events(rx_ns, out);
+    }
+
+    /// The source went quiet: emits frames whose end is only known from the next one
+    /// (unbounded video PES). If the source resumes inside such a frame, video waits for the
+    /// next keyframe.
+    pub fn flush_idle(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        self.demux.flush_idle(&mut self.events);
         self.drain_events(rx_ns, out);
     }
 
@@ -227,6 +247,7 @@ impl MediaCore {
             self.held.clear();
         }
         let held = Held {
+            first_packet: pes.first_packet,
             dts_90k: dts,
             pts_90k: pts,
             frame,
@@ -249,7 +270,7 @@ impl MediaCore {
     /// [`MAX_START_HOLD_90K`]) so both sequence headers come before the first frame.
     fn before_start(&mut self, h: Held, out: &mut Vec<MediaFrame>) {
         if self.held.is_empty()
-            && (!h.frame.keyframe || h.rx_ns < self.gate_ns || self.avc.is_none())
+            && (!h.frame.keyframe || !self.passed_gate(h.first_packet) || self.avc.is_none())
         {
             self.stats.dropped_before_start += 1;
             return;
@@ -257,6 +278,8 @@ impl MediaCore {
         let audio_pending = self.audio_pid.is_some() && self.aac.is_none();
         let held_too_long = self.held.first().is_some_and(|first| {
             timeline::diff33(h.dts_90k, first.dts_90k as i64) > MAX_START_HOLD_90K
+                || h.rx_ns.saturating_sub(first.rx_ns) > MAX_START_HOLD_NS
+                || self.held.len() >= MAX_START_HOLD_FRAMES
         });
         self.held.push(h);
         if !audio_pending || held_too_long {
@@ -318,11 +341,12 @@ impl MediaCore {
             self.stats.aac_errors += 1;
         }
         let mut discontinuity = pes.discontinuity;
+        let gated = !self.passed_gate(pes.first_packet);
         for (i, fr) in frames.iter().enumerate() {
             let rate = u64::from(fr.config.sample_rate.max(1));
             // Exact per-frame offset (1024 samples each): no accumulated truncation.
             let ts = pts.wrapping_add(i as u64 * 1024 * 90_000 / rate);
-            self.on_audio_frame(fr, ts, discontinuity, rx_ns, out);
+            self.on_audio_frame(fr, ts, discontinuity, gated, rx_ns, out);
             discontinuity = false;
         }
         self.adts = frames;
@@ -333,6 +357,7 @@ impl MediaCore {
         fr: &AdtsFrame,
         ts_90k: u64,
         discontinuity: bool,
+        before_gate: bool,
         rx_ns: u64,
         out: &mut Vec<MediaFrame>,
     ) {
@@ -345,7 +370,7 @@ impl MediaCore {
             if !self.held.is_empty() {
                 // The audio config the held keyframe was waiting for.
                 self.start_with_held(out);
-            } else if !audio_only || rx_ns < self.gate_ns {
+            } else if !audio_only || before_gate {
                 self.stats.dropped_before_start += 1;
                 return;
             } else {
@@ -405,6 +430,10 @@ impl MediaCore {
         let mut f = MediaFrame::new(FrameKind::Metadata, 0, Bytes::new(), rx_ns);
         f.metadata = Some(Arc::new(self.metadata()));
         out.push(f);
+    }
+
+    fn passed_gate(&self, first_packet: u64) -> bool {
+        self.gate_packet.is_some_and(|g| first_packet >= g)
     }
 
     /// What `onMetaData` announces for the current configs.

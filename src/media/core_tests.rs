@@ -287,3 +287,66 @@ fn announced_audio_that_never_comes_delays_start_by_at_most_two_seconds() {
     );
     assert!(!k.contains(&FrameKind::Audio));
 }
+
+#[test]
+fn idle_flush_mid_frame_then_resume_waits_for_a_keyframe() {
+    // Regression: a pause inside an unbounded video PES emitted it as complete, and the rest
+    // of it was silently ignored, so the following frames referenced a truncated picture.
+    let mut core = MediaCore::new();
+    let mut out = Vec::new();
+    let datagrams: Vec<&[u8]> = FFMPEG_HIGH.chunks(7 * 188).collect();
+    let pause_after = datagrams.len() / 3;
+    for (i, d) in datagrams.iter().enumerate() {
+        core.push_datagram(d, i as u64, &mut out);
+        if i == pause_after {
+            core.flush_idle(i as u64, &mut out);
+        }
+    }
+    let st = core.stats();
+    assert!(
+        st.demux.pes_errors >= 1,
+        "the cut frame was not noticed: {st:?}"
+    );
+    assert!(st.dropped_waiting_keyframe > 0, "{st:?}");
+    let video: Vec<&MediaFrame> = out.iter().filter(|f| f.kind == FrameKind::Video).collect();
+    let gap = video
+        .windows(2)
+        .position(|w| w[1].ts_ms > w[0].ts_ms + 200)
+        .expect("a gap");
+    assert!(video[gap + 1].keyframe);
+}
+
+#[test]
+fn idle_flush_leaves_bounded_pes_alone() {
+    // GStreamer's video PES carry their length: a pause must not cut them.
+    let whole = {
+        let mut core = MediaCore::new();
+        run(&mut core, GST_MAIN, 0)
+    };
+    let mut core = MediaCore::new();
+    let mut out = Vec::new();
+    for (i, d) in GST_MAIN.chunks(7 * 188).enumerate() {
+        core.push_datagram(d, i as u64 * 1_000_000, &mut out);
+        core.flush_idle(i as u64 * 1_000_000, &mut out);
+    }
+    assert_eq!(out, whole);
+    assert_eq!(core.stats().demux.pes_errors, 0);
+}
+
+#[test]
+fn a_keyframe_begun_before_the_gate_does_not_pass_it() {
+    // Regression: the gate compared the time the frame *completed*; the first keyframe here
+    // starts in datagram 0 and completes a few datagrams later, after a gate at datagram 2.
+    let mut core = MediaCore::with_gate(2_000_000);
+    let frames = run(&mut core, FFMPEG_HIGH, 0);
+    let video: Vec<&MediaFrame> = frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Video)
+        .collect();
+    assert!(video[0].keyframe);
+    assert_eq!(
+        video.len(),
+        24,
+        "only the second GOP (frames 25..48; the last awaits a flush)"
+    );
+}

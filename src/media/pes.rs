@@ -144,6 +144,8 @@ struct PesInProgress {
     random_access: bool,
     discontinuity: bool,
     after_loss: bool,
+    /// Demuxer packet index of the PES's first packet.
+    first_packet: u64,
 }
 
 /// Reassembly state of one elementary PID.
@@ -162,6 +164,9 @@ pub struct PesAssembler {
     pending_loss: bool,
     /// Size of the last unbounded PES, used to size the next buffer.
     last_unbounded_len: usize,
+    /// The PES in progress was emitted by an idle flush: if more of it arrives, what was
+    /// emitted was truncated, and the chain is broken.
+    idle_flushed: bool,
 }
 
 impl PesAssembler {
@@ -173,6 +178,7 @@ impl PesAssembler {
             pending_discontinuity: false,
             pending_loss: false,
             last_unbounded_len: 0,
+            idle_flushed: false,
         }
     }
 
@@ -192,6 +198,7 @@ impl PesAssembler {
         out: &mut Vec<DemuxEvent>,
     ) {
         self.finish(stats, out);
+        self.idle_flushed = false;
         let capacity = match parse_pes_header(payload).ok().and_then(|h| h.total_len()) {
             Some(total) => total,
             None => match self.last_unbounded_len {
@@ -205,6 +212,7 @@ impl PesAssembler {
             random_access,
             discontinuity: discontinuity || std::mem::take(&mut self.pending_discontinuity),
             after_loss: std::mem::take(&mut self.pending_loss),
+            first_packet: stats.packets,
         });
         self.append(payload, stats, out);
     }
@@ -213,6 +221,11 @@ impl PesAssembler {
     /// previous one was complete or dropped).
     pub fn append(&mut self, payload: &[u8], stats: &mut DemuxStats, out: &mut Vec<DemuxEvent>) {
         let Some(cur) = self.cur.as_mut() else {
+            if std::mem::take(&mut self.idle_flushed) {
+                // The rest of a PES an idle flush emitted: that frame was cut short.
+                stats.pes_errors += 1;
+                self.pending_loss = true;
+            }
             return;
         };
         if cur.buf.len().saturating_add(payload.len()) > MAX_PES_BYTES {
@@ -267,6 +280,20 @@ impl PesAssembler {
         }
     }
 
+    /// The source went quiet: emits the PES in progress if it is unbounded (it may be complete;
+    /// if more of it arrives later the next PES is marked `after_loss`). A bounded PES waits.
+    pub fn finish_idle(&mut self, stats: &mut DemuxStats, out: &mut Vec<DemuxEvent>) {
+        let unbounded = self
+            .cur
+            .as_ref()
+            .and_then(|c| c.header)
+            .is_some_and(|h| h.total_len().is_none());
+        if unbounded {
+            self.emit(stats, out);
+            self.idle_flushed = true;
+        }
+    }
+
     /// Drops the PES in progress, if any, as malformed/incomplete.
     fn drop_current(&mut self, stats: &mut DemuxStats) {
         if self.cur.take().is_some() {
@@ -307,6 +334,7 @@ impl PesAssembler {
             discontinuity: cur.discontinuity,
             random_access: cur.random_access,
             after_loss: cur.after_loss,
+            first_packet: cur.first_packet,
         }));
     }
 }

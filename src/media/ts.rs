@@ -96,6 +96,9 @@ pub struct Pes {
     /// Data was lost on this PID (continuity error, truncated or malformed PES) since the
     /// previous PES that was emitted: a decoder chain is broken, wait for a keyframe.
     pub after_loss: bool,
+    /// Index (1-based, as counted in [`DemuxStats::packets`]) of the TS packet this PES
+    /// started in: lets the caller tell when its first byte arrived.
+    pub first_packet: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,6 +357,14 @@ impl Demuxer {
     pub fn flush(&mut self, out: &mut Vec<DemuxEvent>) {
         for es in &mut self.es {
             es.pes.finish(&mut self.stats, out);
+        }
+    }
+
+    /// The source paused: emits unbounded PES in progress (see
+    /// [`crate::media::pes::PesAssembler::finish_idle`]); bounded ones keep waiting.
+    pub fn flush_idle(&mut self, out: &mut Vec<DemuxEvent>) {
+        for es in &mut self.es {
+            es.pes.finish_idle(&mut self.stats, out);
         }
     }
 
