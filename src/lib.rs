@@ -16,3 +16,4 @@ pub mod receive;
 pub mod relay;
 pub mod rtmp_guard;
 pub mod secret;
+pub mod store;
