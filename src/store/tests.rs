@@ -1,6 +1,8 @@
-//! Store tests.
+//! Store tests. The tests that need a child process (kill -9, a real full disk, a read-only
+//! file system) are in the submodule `crash` (`tests/crash.rs` beside this file).
 #![allow(clippy::unwrap_used)]
 
+mod crash;
 
 use std::collections::HashSet;
 use std::fs;
