@@ -17,3 +17,4 @@ pub mod receive;
 pub mod relay;
 pub mod rtmp_guard;
 pub mod secret;
+pub mod store;
