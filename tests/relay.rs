@@ -551,9 +551,10 @@ async fn stop_is_honoured_while_the_ingest_stalls_the_handshake() {
     let stall = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = stall.local_addr().expect("addr").port();
     let _held = std::thread::spawn(move || {
-        stall
-            .accept()
-            .map(|(s, _)| std::thread::sleep(Duration::from_secs(30)) == drop(s))
+        stall.accept().map(|(s, _)| {
+            std::thread::sleep(Duration::from_secs(30));
+            drop(s);
+        })
     });
     let relay = Relay::start(
         &ingest(IngestMode::Auto),

@@ -28,13 +28,30 @@ const BGID: u16 = 0x0A1;
 const RECV_UD: u64 = 1;
 const CANCEL_UD: u64 = 2;
 
-/// The provided-buffer ring: `entries` descriptors shared with the kernel, and the buffers.
+/// The provided-buffer ring: `entries` descriptors shared with the kernel, and the buffers the
+/// kernel writes datagrams into. Both are raw allocations: the kernel writes buffers while we
+/// read others, so no Rust reference ever spans more than the one completed buffer.
 struct BufRing {
     ring: NonNull<BufRingEntry>,
-    layout: Layout,
-    bufs: Vec<u8>,
+    ring_layout: Layout,
+    bufs: NonNull<u8>,
+    bufs_layout: Layout,
     entries: u16,
     tail: u16,
+}
+
+/// Offsets in `struct io_uring_buf` (Linux UAPI, include/uapi/linux/io_uring.h):
+/// `{ __u64 addr; __u32 len; __u16 bid; __u16 resv; }`, 16 bytes; `resv` of entry 0 is the
+/// ring's shared tail.
+const BUF_ADDR: usize = 0;
+const BUF_LEN: usize = 8;
+const BUF_BID: usize = 12;
+
+fn alloc_zeroed_raw(layout: Layout) -> Result<NonNull<u8>> {
+    // SAFETY: every layout passed here has a non-zero size (entries ≥ 1).
+    let ptr = unsafe { alloc_zeroed(layout) };
+    NonNull::new(ptr)
+        .ok_or_else(|| crate::err!(ResourceExhausted, "io_uring buffer allocation failed"))
 }
 
 impl BufRing {
@@ -45,17 +62,25 @@ impl BufRing {
                 "io_uring buffer count must be a power of two"
             );
         }
-        let size = std::mem::size_of::<BufRingEntry>() * usize::from(entries);
-        let layout = Layout::from_size_align(size, 4096)
+        let n = usize::from(entries);
+        let ring_layout = Layout::from_size_align(std::mem::size_of::<BufRingEntry>() * n, 4096)
             .map_err(|e| crate::err!(Internal, "buf ring layout: {e}"))?;
-        // SAFETY: `layout` has a non-zero size (entries ≥ 1, entry size 16).
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let ring = NonNull::new(ptr.cast::<BufRingEntry>())
-            .ok_or_else(|| crate::err!(ResourceExhausted, "buf ring allocation failed"))?;
+        let bufs_layout = Layout::from_size_align(BUF_SIZE * n, 64)
+            .map_err(|e| crate::err!(Internal, "buffer layout: {e}"))?;
+        let ring = alloc_zeroed_raw(ring_layout)?.cast::<BufRingEntry>();
+        let bufs = match alloc_zeroed_raw(bufs_layout) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: allocated just above with this layout; never shared with the kernel.
+                unsafe { dealloc(ring.as_ptr().cast::<u8>(), ring_layout) };
+                return Err(e);
+            }
+        };
         let mut br = BufRing {
             ring,
-            layout,
-            bufs: vec![0u8; BUF_SIZE * usize::from(entries)],
+            ring_layout,
+            bufs,
+            bufs_layout,
             entries,
             tail: 0,
         };
@@ -68,37 +93,59 @@ impl BufRing {
     /// Writes the descriptor of buffer `bid` at the local tail (visible after `publish`).
     fn provide(&mut self, bid: u16) {
         let idx = usize::from(self.tail & (self.entries - 1));
-        let addr = self.bufs[usize::from(bid) * BUF_SIZE..].as_ptr() as u64;
-        // SAFETY: idx < entries, so the pointer stays inside the allocation made in `new`; the
-        // kernel only reads descriptors between its head and the published tail, and this slot
-        // is past the published tail until `publish`.
-        let entry = unsafe { &mut *self.ring.as_ptr().add(idx) };
-        entry.set_addr(addr);
-        entry.set_len(BUF_SIZE as u32);
-        entry.set_bid(bid);
+        let bid = bid & (self.entries - 1);
+        // SAFETY: bid < entries, so the offset stays inside the buffer allocation.
+        let addr = unsafe { self.bufs.as_ptr().add(usize::from(bid) * BUF_SIZE) } as u64;
+        // SAFETY: idx < entries keeps the descriptor inside the ring allocation; the kernel
+        // reads descriptors only between its head and the published tail, and this slot is past
+        // the published tail until `publish`. Fields are written through raw pointers at their
+        // UAPI offsets (aligned: the entry is 16-byte aligned), never through a reference that
+        // would also cover entry 0's shared tail.
+        unsafe {
+            let entry = self.ring.as_ptr().add(idx).cast::<u8>();
+            entry.add(BUF_ADDR).cast::<u64>().write_volatile(addr);
+            entry
+                .add(BUF_LEN)
+                .cast::<u32>()
+                .write_volatile(BUF_SIZE as u32);
+            entry.add(BUF_BID).cast::<u16>().write_volatile(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 
     /// Makes every descriptor written so far visible to the kernel (release store).
     fn publish(&self) {
-        // SAFETY: `ring` points to the first, initialised entry of the ring; `tail` returns the
-        // address of the shared tail field, which the kernel reads atomically; u16 alignment is
-        // guaranteed by the 4096-byte alignment of the allocation.
+        // SAFETY: `ring` points to the first entry of the ring; `tail` returns the address of
+        // the shared tail field, which the kernel reads atomically; u16 alignment is guaranteed
+        // by the 4096-byte alignment of the allocation.
         let tail = unsafe { &*BufRingEntry::tail(self.ring.as_ptr()).cast::<AtomicU16>() };
         tail.store(self.tail, Ordering::Release);
     }
 
-    fn buf(&self, bid: u16) -> Option<&[u8]> {
-        let start = usize::from(bid) * BUF_SIZE;
-        self.bufs.get(start..start + BUF_SIZE)
+    /// The first `len` bytes of buffer `bid`, which the kernel has completed.
+    ///
+    /// # Safety
+    /// Only for a buffer id taken from a completion, before it is provided again: the kernel
+    /// does not write a buffer between completing it and getting it back.
+    unsafe fn completed(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.entries || len > BUF_SIZE {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); the caller guarantees no concurrent write.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.bufs.as_ptr().add(usize::from(bid) * BUF_SIZE), len)
+        })
     }
 }
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; the ring was unregistered (or never
-        // registered) before the drop, so the kernel no longer references it.
-        unsafe { dealloc(self.ring.as_ptr().cast::<u8>(), self.layout) };
+        // SAFETY: allocated in `new` with these layouts; the ring is dropped (or the buffer
+        // ring unregistered) before `BufRing`, so the kernel no longer references either.
+        unsafe {
+            dealloc(self.ring.as_ptr().cast::<u8>(), self.ring_layout);
+            dealloc(self.bufs.as_ptr(), self.bufs_layout);
+        }
     }
 }
 
@@ -146,6 +193,8 @@ pub(super) fn spawn<S: DatagramSink>(
 }
 
 struct Receiver {
+    /// Multishot ends with an error (not ENOBUFS) since the last datagram.
+    failed_arms: u32,
     ring: IoUring,
     bufs: BufRing,
     msghdr: Box<libc::msghdr>,
@@ -175,6 +224,7 @@ impl Receiver {
         // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
         let msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         let mut r = Receiver {
+            failed_arms: 0,
             ring,
             bufs,
             msghdr,
@@ -217,6 +267,14 @@ impl Receiver {
             let rearm = self.reap(ctx, &mut sink, now);
             if rearm {
                 ctx.stats.rearms.fetch_add(1, Ordering::Relaxed);
+                if self.failed_arms >= 3 {
+                    // The kernel keeps refusing the receive: do not spin.
+                    if self.failed_arms == 3 {
+                        tracing::warn!("ingest: io_uring receive keeps failing; retrying slowly");
+                    }
+                    let pause = u64::from(self.failed_arms.min(100)) * 10;
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
                 if let Err(e) = self.arm() {
                     tracing::warn!(error = %e, "ingest: re-arm failed");
                 }
@@ -242,13 +300,16 @@ impl Receiver {
             let Ok(len) = usize::try_from(cqe.result()) else {
                 if cqe.result() != -libc::ENOBUFS {
                     ctx.stats.receive_errors.fetch_add(1, Ordering::Relaxed);
+                    self.failed_arms = self.failed_arms.saturating_add(1);
                 }
                 continue;
             };
+            self.failed_arms = 0;
             let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
                 continue;
             };
-            match self.bufs.buf(bid).and_then(|b| b.get(..len)) {
+            // SAFETY: `bid` comes from this completion and is provided again only below.
+            match unsafe { self.bufs.completed(bid, len) } {
                 Some(data) => match RecvMsgOut::parse(data, &self.msghdr) {
                     Ok(msg)
                         if msg.is_payload_truncated()
