@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream_key: key,
         tls: TlsOptions::default(),
         allow_plain_rtmp: true,
+        addr_policy: None,
     };
     let relay = Relay::start(&ingest, vec![(dest, EgressOptions::default())], 0)?;
     let ingest_addr = relay.ingest().map(|i| i.local_addr()).ok_or("no ingest")?;

@@ -44,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ca_bundle_pem: ca,
             spki_sha256: None,
         },
+        addr_policy: None,
     };
     let relay = Relay::start(&cfg, vec![(dest, EgressOptions::default())], 0)?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -19,6 +19,7 @@ fn destination(url: &str, key: &str) -> Destination {
         stream_key: Secret::new(key),
         tls: TlsOptions::default(),
         allow_plain_rtmp: true,
+        addr_policy: None,
     }
 }
 

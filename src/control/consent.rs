@@ -655,8 +655,11 @@ fn create_session(
         );
     }
     check_name(&meeting_id)?;
-    if source.is_empty() || source.len() > 200 || source.chars().any(char::is_control) {
-        return deny(DenyCode::Invalid, "invalid fabric source");
+    if source.len() > 200 || destination::parse_source(&source).is_err() {
+        return deny(
+            DenyCode::Invalid,
+            "the fabric source must be udp://IP:PORT or udp://GROUP:PORT?iface=IP",
+        );
     }
     if let Schedule::At { start_ms, stop_ms } = schedule
         && stop_ms.is_some_and(|s| s <= start_ms)

@@ -183,7 +183,7 @@ fn off_by_default_nothing_can_be_created() {
         Command::CreateSession {
             profile_id: p,
             meeting_id: "m".into(),
-            source: "udp://x:1".into(),
+            source: "udp://127.0.0.1:5000".into(),
             schedule: Schedule::AdHoc,
         },
     );
@@ -328,7 +328,7 @@ fn scheduled_start_only_waits_for_confirm_and_expires() {
             Command::CreateSession {
                 profile_id: p,
                 meeting_id: "m".into(),
-                source: "udp://x:1".into(),
+                source: "udp://127.0.0.1:5000".into(),
                 schedule: Schedule::At {
                     start_ms: T0 + 60_000,
                     stop_ms: None,
@@ -541,7 +541,7 @@ fn recording_destination_needs_the_recording_entitlement() {
             Command::CreateSession {
                 profile_id: rec,
                 meeting_id: "m".into(),
-                source: "udp://x:1".into(),
+                source: "udp://127.0.0.1:5000".into(),
                 schedule: Schedule::AdHoc,
             },
         )
@@ -584,7 +584,7 @@ fn subscribers_cannot_see_each_others_objects() {
         Command::CreateSession {
             profile_id: p0,
             meeting_id: "m".into(),
-            source: "udp://x:1".into(),
+            source: "udp://127.0.0.1:5000".into(),
             schedule: Schedule::AdHoc,
         },
     ] {
@@ -710,7 +710,7 @@ fn run_op(w: &mut World, seen: &mut Seen, op: Op) {
                 Command::CreateSession {
                     profile_id: w.profiles[who].clone(),
                     meeting_id: "m".into(),
-                    source: "udp://x:1".into(),
+                    source: "udp://127.0.0.1:5000".into(),
                     schedule,
                 },
             )

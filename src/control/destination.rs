@@ -1,7 +1,9 @@
 //! Destinations: service presets, validation of a profile's URL against the admin policy, and
 //! the address check made on the address actually connected to (after DNS). Pure.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::ingest::IngestConfig;
 
 use super::model::{Policy, Service};
 use crate::egress::url::{RtmpUrl, Scheme};
@@ -97,6 +99,33 @@ impl AddressPolicy {
             return false;
         }
         self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// `udp://IP:PORT`, or `udp://GROUP:PORT?iface=IP` for multicast.
+pub fn parse_source(source: &str) -> crate::error::Result<IngestConfig> {
+    let rest = source
+        .strip_prefix("udp://")
+        .ok_or_else(|| crate::err!(InvalidArgument, "a fabric source is udp://IP:PORT"))?;
+    let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| crate::err!(InvalidArgument, "a fabric source is udp://IP:PORT"))?;
+    let iface = query.strip_prefix("iface=");
+    match (addr.ip(), iface) {
+        (std::net::IpAddr::V4(g), Some(i)) if g.is_multicast() => {
+            let iface = i
+                .parse()
+                .map_err(|_| crate::err!(InvalidArgument, "iface must be an IPv4 address"))?;
+            let mut c = IngestConfig::unicast(SocketAddr::from(([0, 0, 0, 0], addr.port())));
+            c.multicast = Some((g, iface));
+            Ok(c)
+        }
+        (_, None) if query.is_empty() => Ok(IngestConfig::unicast(addr)),
+        _ => Err(crate::err!(
+            InvalidArgument,
+            "unsupported fabric source options"
+        )),
     }
 }
 

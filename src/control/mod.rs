@@ -2,3 +2,4 @@
 pub mod consent;
 pub mod destination;
 pub mod model;
+pub mod supervisor;

@@ -36,6 +36,9 @@ pub struct Destination {
     pub tls: TlsOptions,
     /// `rtmp://` (no TLS) is refused unless this is set (by admin policy).
     pub allow_plain_rtmp: bool,
+    /// Checked on every address the host name resolves to, before connecting: a name cannot
+    /// be re-pointed past the admin policy. `None` = any address.
+    pub addr_policy: Option<crate::control::destination::AddressPolicy>,
 }
 
 /// Tunables; defaults in `Default`.
@@ -445,10 +448,36 @@ impl Driver {
         }
     }
 
+    /// Resolves the host; keeps the addresses the policy allows (none left = a hard failure).
+    async fn resolve(&self) -> Result<Vec<std::net::SocketAddr>> {
+        let url = &self.dest.url;
+        let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| crate::err!(Unavailable, "resolve {}: {e}", url.host))?
+            .collect();
+        let Some(policy) = &self.dest.addr_policy else {
+            return Ok(all);
+        };
+        let allowed: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|a| policy.allows(a.ip()))
+            .collect();
+        if allowed.is_empty() {
+            crate::bail!(
+                Policy,
+                "{} resolves to {:?}, which the admin policy does not allow",
+                url.host,
+                all.iter().map(|a| a.ip()).collect::<Vec<_>>()
+            );
+        }
+        Ok(allowed)
+    }
+
     async fn connect(&self) -> Result<Box<dyn Stream>> {
         let url = &self.dest.url;
-        let addr = (url.host.as_str(), url.port);
-        let tcp = tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(addr))
+        let addrs = self.resolve().await?;
+        let tcp = tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(&addrs[..]))
             .await
             .map_err(|_| crate::err!(Unavailable, "connect to {url}: timed out"))?
             .map_err(|e| Error::from_net(&format!("connect to {url}"), &e))?;
@@ -650,6 +679,7 @@ mod tests {
             stream_key: Secret::new(key),
             tls: TlsOptions::default(),
             allow_plain_rtmp: false,
+            addr_policy: None,
         }
     }
 

@@ -1,0 +1,536 @@
+//! The supervisor: the one task that owns the control state. Commands arrive on a bounded
+//! channel; each is applied to a copy of the state by the pure state machine; the changed
+//! documents and the audit records are committed to the store in one transaction; only then
+//! does the new state replace the old and the effects run (audit before effect). It also
+//! drives the timers (every 200 ms) and the relays.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::consent::{self, AuditRecord, Command, Denied, Effect, Env, Outcome};
+use super::destination;
+use super::model::*;
+use crate::egress::{self, Destination, EgressOptions, RtmpUrl, TlsOptions};
+use crate::error::{Error, Result};
+use crate::relay::Relay;
+use crate::store::{AuditEntry, Batch, Store};
+
+/// Wall and monotonic clocks, injected (tests may run them at another pace).
+pub trait Clocks: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+    fn mono_ns(&self) -> u64;
+}
+
+pub struct RealClocks;
+
+impl Clocks for RealClocks {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn mono_ns(&self) -> u64 {
+        crate::clock::monotonic_ns()
+    }
+}
+
+/// What the fabric is told (server-sent events).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IndicatorEvent {
+    pub session_id: SessionId,
+    pub meeting_id: String,
+    pub streaming: bool,
+    pub recording: bool,
+}
+
+/// Live counters of a session's relay, refreshed every tick.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SessionStats {
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    pub frames_out: u64,
+    pub frames_dropped: u64,
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bitrate_bps: u64,
+    pub reconnects: u64,
+    pub av_offset_ms: i64,
+    pub publishing: bool,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug)]
+pub enum Refused {
+    Denied(Denied),
+    /// The store could not record it: nothing happened.
+    Store(Error),
+    /// The supervisor is gone (shutting down).
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, Refused>>;
+
+enum Request {
+    Command {
+        actor: Actor,
+        cmd: Command,
+        reply: Reply,
+    },
+    RelayEnded {
+        session_id: SessionId,
+        error: Option<String>,
+    },
+}
+
+/// Cloneable handle for the API.
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Request>,
+    state: Arc<RwLock<State>>,
+    indicators: Arc<RwLock<BTreeMap<SessionId, IndicatorEvent>>>,
+    events: broadcast::Sender<IndicatorEvent>,
+    stats: Arc<RwLock<HashMap<SessionId, SessionStats>>>,
+    store: Arc<std::sync::Mutex<Store>>,
+}
+
+impl Control {
+    /// Runs one command through the supervisor.
+    pub async fn submit(&self, actor: Actor, cmd: Command) -> Result<Outcome, Refused> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Command { actor, cmd, reply })
+            .await
+            .map_err(|_| Refused::Closed)?;
+        rx.await.map_err(|_| Refused::Closed)?
+    }
+
+    /// A snapshot of the state (for reads).
+    pub fn state(&self) -> State {
+        self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Indicators currently on, and a receiver for changes.
+    pub fn indicators(&self) -> (Vec<IndicatorEvent>, broadcast::Receiver<IndicatorEvent>) {
+        let rx = self.events.subscribe();
+        let now = self
+            .indicators
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        (now, rx)
+    }
+
+    pub fn session_stats(&self, id: &str) -> Option<SessionStats> {
+        self.stats.read().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    /// The store (for the audit log reads and sealing secrets at the edge).
+    pub fn store(&self) -> Arc<std::sync::Mutex<Store>> {
+        self.store.clone()
+    }
+}
+
+pub struct SupervisorConfig {
+    pub egress: EgressOptions,
+    /// Timer period. Default 200 ms (entitlement revocation acts within 1 s).
+    pub tick: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            egress: EgressOptions::default(),
+            tick: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Loads the state, applies `Boot` (live sessions become `interrupted`), and starts the
+/// supervisor task on the current runtime.
+pub fn start(store: Store, clocks: Arc<dyn Clocks>, config: SupervisorConfig) -> Result<Control> {
+    let state = load_state(&store)?;
+    let (tx, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(256);
+    let control = Control {
+        tx: tx.clone(),
+        state: Arc::new(RwLock::new(state.clone())),
+        indicators: Arc::new(RwLock::new(BTreeMap::new())),
+        events,
+        stats: Arc::new(RwLock::new(HashMap::new())),
+        store: Arc::new(std::sync::Mutex::new(store)),
+    };
+    let mut sup = Supervisor {
+        state,
+        control: control.clone(),
+        clocks,
+        config,
+        relays: HashMap::new(),
+        tx,
+    };
+    sup.run_command(&Actor::system(), Command::Boot)
+        .map_err(|r| crate::err!(Io, "boot: {r:?}"))?;
+    tokio::spawn(sup.run(rx));
+    Ok(control)
+}
+
+const KINDS: [&str; 4] = ["subscriber", "token", "profile", "session"];
+
+fn load_state(store: &Store) -> Result<State> {
+    let mut s = State::default();
+    if let Some(v) = store.get("entitlement", "company")? {
+        s.entitlement =
+            serde_json::from_value(v).map_err(|e| crate::err!(Io, "stored entitlement: {e}"))?;
+    }
+    if let Some(v) = store.get("policy", "company")? {
+        s.policy = serde_json::from_value(v).map_err(|e| crate::err!(Io, "stored policy: {e}"))?;
+    }
+    s.subscribers = store.load_all_as("subscriber")?.into_iter().collect();
+    s.tokens = store.load_all_as("token")?.into_iter().collect();
+    s.profiles = store.load_all_as("profile")?.into_iter().collect();
+    s.sessions = store.load_all_as("session")?.into_iter().collect();
+    Ok(s)
+}
+
+/// The documents that differ between two states.
+fn diff(old: &State, new: &State) -> Result<Batch> {
+    let mut b = Batch::new();
+    if old.entitlement != new.entitlement {
+        b = b.put_as("entitlement", "company", &new.entitlement)?;
+    }
+    if old.policy != new.policy {
+        b = b.put_as("policy", "company", &new.policy)?;
+    }
+    b = diff_map(b, KINDS[0], &old.subscribers, &new.subscribers)?;
+    b = diff_map(b, KINDS[1], &old.tokens, &new.tokens)?;
+    b = diff_map(b, KINDS[2], &old.profiles, &new.profiles)?;
+    diff_map(b, KINDS[3], &old.sessions, &new.sessions)
+}
+
+fn diff_map<T: Serialize + PartialEq>(
+    mut b: Batch,
+    kind: &str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) -> Result<Batch> {
+    for (id, v) in new {
+        if old.get(id) != Some(v) {
+            b = b.put_as(kind, id, v)?;
+        }
+    }
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
+        b = b.delete(kind, id);
+    }
+    Ok(b)
+}
+
+fn entry(actor: &Actor, now_ms: i64, r: &AuditRecord) -> AuditEntry {
+    AuditEntry {
+        ts_ms: now_ms,
+        actor: actor.name(),
+        role: actor.role.as_str().into(),
+        source: actor.source.clone(),
+        action: r.action.clone(),
+        target: r.target.clone(),
+        outcome: r.outcome.clone(),
+        detail: serde_json::Value::String(r.detail.clone()),
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing system RNG leaves zeros; ids are then made unique by the counter below.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    u64::from_le_bytes(b) ^ COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+struct Supervisor {
+    state: State,
+    control: Control,
+    clocks: Arc<dyn Clocks>,
+    config: SupervisorConfig,
+    relays: HashMap<SessionId, Relay>,
+    tx: mpsc::Sender<Request>,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                req = rx.recv() => match req {
+                    Some(Request::Command { actor, cmd, reply }) => {
+                        let r = self.run_command(&actor, cmd);
+                        let _ = reply.send(r);
+                    }
+                    Some(Request::RelayEnded { session_id, error }) => {
+                        let _ = self.run_command(&Actor::system(), Command::RelayStopped { session_id, error });
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let _ = self.run_command(&Actor::system(), Command::Tick);
+                    self.watch_relays();
+                }
+            }
+        }
+    }
+
+    /// Apply → commit (state diff + audit) → publish → effects.
+    fn run_command(&mut self, actor: &Actor, cmd: Command) -> Result<Outcome, Refused> {
+        let now_ms = self.clocks.now_ms();
+        let mut rng = random_u64;
+        let mut env = Env {
+            now_ms,
+            mono_ns: self.clocks.mono_ns(),
+            rng: &mut rng,
+        };
+        let mut next = self.state.clone();
+        let (action, target) = (cmd.action(), cmd.target());
+        match consent::apply(&mut next, actor, cmd, &mut env) {
+            Ok(outcome) => {
+                if outcome.audit.is_empty() && next == self.state {
+                    return Ok(outcome); // a tick with nothing due
+                }
+                let mut batch = diff(&self.state, &next).map_err(Refused::Store)?;
+                for r in &outcome.audit {
+                    batch = batch.audit(entry(actor, now_ms, r));
+                }
+                self.commit(batch).map_err(Refused::Store)?;
+                self.state = next;
+                if let Ok(mut s) = self.control.state.write() {
+                    *s = self.state.clone();
+                }
+                for e in &outcome.effects {
+                    self.effect(e);
+                }
+                Ok(outcome)
+            }
+            Err(denied) => {
+                let r = AuditRecord {
+                    action: action.into(),
+                    target,
+                    outcome: format!("denied:{}", denied.code.as_str()),
+                    detail: denied.message.clone(),
+                };
+                // A refusal is audited too; if even that cannot be written, say so.
+                self.commit(Batch::new().audit(entry(actor, now_ms, &r)))
+                    .map_err(Refused::Store)?;
+                Err(Refused::Denied(denied))
+            }
+        }
+    }
+
+    fn commit(&self, batch: Batch) -> Result<()> {
+        let mut store = self
+            .control
+            .store
+            .lock()
+            .map_err(|_| crate::err!(Internal, "store lock poisoned"))?;
+        store.commit(batch).map(|_| ())
+    }
+
+    fn effect(&mut self, e: &Effect) {
+        match e {
+            Effect::Indicator {
+                session_id,
+                meeting_id,
+                on,
+                recording,
+            } => {
+                let ev = IndicatorEvent {
+                    session_id: session_id.clone(),
+                    meeting_id: meeting_id.clone(),
+                    streaming: *on,
+                    recording: *recording,
+                };
+                if let Ok(mut m) = self.control.indicators.write() {
+                    if *on {
+                        m.insert(session_id.clone(), ev.clone());
+                    } else {
+                        m.remove(session_id);
+                    }
+                }
+                tracing::info!(session = %session_id, meeting = %meeting_id, streaming = on, recording, "indicator");
+                let _ = self.control.events.send(ev);
+            }
+            Effect::StartRelay {
+                session_id,
+                gate_mono_ns,
+            } => self.start_relay(session_id, *gate_mono_ns),
+            Effect::StopRelay { session_id } => self.stop_relay(session_id, None),
+            Effect::NotifyAwaiting {
+                session_id,
+                expires_ms,
+                ..
+            } => {
+                tracing::info!(session = %session_id, expires_ms, "session awaits its owner's confirm");
+            }
+        }
+    }
+
+    fn start_relay(&mut self, session_id: &str, gate_mono_ns: u64) {
+        let result = self.build_relay(session_id, gate_mono_ns);
+        match result {
+            Ok(relay) => {
+                tracing::info!(session = %session_id, "relay started");
+                self.relays.insert(session_id.to_string(), relay);
+            }
+            Err(e) => {
+                tracing::error!(session = %session_id, error = %e, "relay could not start");
+                self.report_ended(session_id, Some(e.to_string()));
+            }
+        }
+    }
+
+    fn build_relay(&self, session_id: &str, gate_mono_ns: u64) -> Result<Relay> {
+        let s = self
+            .state
+            .sessions
+            .get(session_id)
+            .ok_or_else(|| crate::err!(Internal, "no session {session_id}"))?;
+        let p = self
+            .state
+            .profiles
+            .get(&s.profile_id)
+            .ok_or_else(|| crate::err!(Internal, "no profile for {session_id}"))?;
+        let key = self
+            .control
+            .store
+            .lock()
+            .map_err(|_| crate::err!(Internal, "store lock poisoned"))?
+            .open_secret(&p.stream_key_sealed)?;
+        let mut dests = Vec::new();
+        for url in std::iter::once(&p.url).chain(p.backup_url.iter()) {
+            let (parsed, addr_policy) = destination::validate(&self.state.policy, p.service, url)
+                .map_err(|m| crate::err!(Policy, "{m}"))?;
+            dests.push((
+                self.destination(parsed, addr_policy, key.clone(), p)?,
+                self.config.egress.clone(),
+            ));
+        }
+        let ingest = destination::parse_source(&s.source)?;
+        Relay::start(&ingest, dests, gate_mono_ns)
+    }
+
+    fn destination(
+        &self,
+        url: RtmpUrl,
+        addr_policy: destination::AddressPolicy,
+        key: crate::secret::Secret,
+        p: &Profile,
+    ) -> Result<Destination> {
+        let spki = p
+            .spki_pin
+            .as_deref()
+            .map(egress::tls::parse_pin)
+            .transpose()?;
+        Ok(Destination {
+            url,
+            stream_key: key,
+            tls: TlsOptions {
+                ca_bundle_pem: p.ca_bundle_pem.as_ref().map(|s| s.as_bytes().to_vec()),
+                spki_sha256: spki,
+            },
+            allow_plain_rtmp: self.state.policy.allow_plain_rtmp,
+            addr_policy: Some(addr_policy),
+        })
+    }
+
+    /// Stops a relay in the background; its end is reported as `RelayStopped`.
+    fn stop_relay(&mut self, session_id: &str, error: Option<String>) {
+        let Some(relay) = self.relays.remove(session_id) else {
+            self.report_ended(session_id, error);
+            return;
+        };
+        let tx = self.tx.clone();
+        let id = session_id.to_string();
+        tokio::spawn(async move {
+            let results = relay.stop().await;
+            let err = error.or_else(|| {
+                results
+                    .into_iter()
+                    .find_map(|r| r.err().map(|e| e.to_string()))
+            });
+            let _ = tx
+                .send(Request::RelayEnded {
+                    session_id: id,
+                    error: err,
+                })
+                .await;
+        });
+    }
+
+    fn report_ended(&self, session_id: &str, error: Option<String>) {
+        let tx = self.tx.clone();
+        let id = session_id.to_string();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Request::RelayEnded {
+                    session_id: id,
+                    error,
+                })
+                .await;
+        });
+    }
+
+    /// Refreshes stats; a relay whose egress ended by itself (hard failure) is stopped.
+    fn watch_relays(&mut self) {
+        let mut ended = Vec::new();
+        let mut stats = HashMap::new();
+        for (id, r) in &self.relays {
+            let c = r.core_stats();
+            let e = r.egress_stats();
+            stats.insert(id.clone(), session_stats(&c, &e));
+            if r.egresses().iter().any(egress::EgressHandle::is_finished) {
+                ended.push(id.clone());
+            }
+        }
+        if let Ok(mut m) = self.control.stats.write() {
+            *m = stats;
+        }
+        for id in ended {
+            self.stop_relay(&id, None);
+        }
+    }
+}
+
+fn session_stats(c: &crate::media::core::CoreStats, e: &[egress::StatsSnapshot]) -> SessionStats {
+    let mut s = SessionStats {
+        video_frames: c.video_frames,
+        audio_frames: c.audio_frames,
+        av_offset_ms: c.av_offset_ms,
+        ..SessionStats::default()
+    };
+    for x in e {
+        s.frames_out += x.frames_out;
+        s.frames_dropped += x.frames_dropped;
+        s.bytes_sent += x.bytes_sent;
+        s.bytes_acked += x.bytes_acked;
+        s.bitrate_bps += x.bitrate_bps;
+        s.reconnects += x.reconnects;
+        s.publishing |= x.publishing;
+    }
+    s
+}
+
+/// Maps a refusal to the deny code the API reports.
+pub fn refusal_code(r: &Refused) -> &'static str {
+    match r {
+        Refused::Denied(d) => d.code.as_str(),
+        Refused::Store(_) => "unavailable",
+        Refused::Closed => "unavailable",
+    }
+}
+
+impl From<Denied> for Refused {
+    fn from(d: Denied) -> Self {
+        Refused::Denied(d)
+    }
+}
