@@ -6,6 +6,7 @@
 //! - [`egress`]: RTMP/RTMPS publishing (pure session wrapper + thin tokio driver).
 //! - [`receive`]: `onair receive`, the private ingest server that records to FLV.
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
+pub mod api;
 pub mod clock;
 pub mod egress;
 pub mod error;
