@@ -8,6 +8,7 @@
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
 pub mod api;
 pub mod clock;
+pub mod ctl;
 pub mod egress;
 pub mod error;
 pub mod fabric_sim;
