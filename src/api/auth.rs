@@ -303,6 +303,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
 

@@ -251,6 +251,7 @@ pub async fn normalize(resp: Response) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
     use axum::body::to_bytes;

@@ -163,6 +163,7 @@ fn skip_quoted(s: &str, close: char) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
     use serde::Deserialize;

@@ -434,6 +434,7 @@ fn unescape_label(s: &str) -> Option<(String, &str)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
 

@@ -88,6 +88,7 @@ pub fn check_sync(doc_text: &str, table: &[RouteSpec]) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
 

@@ -95,6 +95,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
 

@@ -209,6 +209,7 @@ pub fn require_fingerprint(s: &str) -> Result<[u8; 32]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -114,13 +114,21 @@ where
     let io = |e: std::io::Error| crate::error::Error::from_net("HTTP exchange", &e);
     stream.write_all(&encode(req)).await.map_err(io)?;
     stream.flush().await.map_err(io)?;
+    read_response(stream, req.method).await
+}
+
+/// Reads one response (skipping 1xx) to a request made with `method`.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    method: &str,
+) -> Result<HttpResponse> {
     let mut r = BufReader::new(stream);
     loop {
         let (status, headers) = read_head(&mut r).await?;
         if (100..200).contains(&status) {
             continue; // 100 Continue and friends: the real response follows.
         }
-        let no_body = req.method == "HEAD" || status == 204 || status == 304;
+        let no_body = method == "HEAD" || status == 204 || status == 304;
         let body = if no_body {
             Vec::new()
         } else {
@@ -318,6 +326,7 @@ impl ServerCertVerifier for PinVerifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 mod tests {
     use super::*;
 
