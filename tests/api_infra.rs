@@ -563,6 +563,30 @@ async fn slowloris_is_cut_off_after_header_timeout() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_cap_wait() {
+    let config = ApiConfig {
+        max_connections: 1,
+        ..plain_config()
+    };
+    let srv = start("conncap", config).await;
+    let idle = TcpStream::connect(srv.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = tokio::spawn(request(srv.addr(), "GET", "/healthz", None, None));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "second connection served past max_connections = 1"
+    );
+    drop(idle);
+    let resp = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the slot frees")
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_route_template() {
     let srv = start("metrics", plain_config()).await;
     let a = srv.addr();
