@@ -79,6 +79,10 @@ pub struct Options {
 
 /// Entry point of `onair ctl`.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print_stdout(USAGE);
+        return ExitCode::SUCCESS;
+    }
     let opts = match parse_args(args, std::env::var("ONAIR_TOKEN").ok()) {
         Ok(o) => o,
         Err(e) => {
@@ -135,7 +139,6 @@ pub fn parse_args(args: &[String], env_token: Option<String>) -> Result<Options>
                 "--pin",
             )?)?)),
             "--insecure-loopback" => trust.push(Trust::InsecureLoopback),
-            "-h" | "--help" => bail!(InvalidArgument, "help"),
             s if s.starts_with("--") => bail!(InvalidArgument, "unknown option {s}"),
             _ => positional.push(a.clone()),
         }
@@ -411,9 +414,9 @@ fn report(resp: &HttpResponse) -> ExitCode {
             .as_ref()
             .and_then(|v| serde_json::to_string_pretty(v).ok())
         {
-            Some(text) => println!("{text}"),
+            Some(text) => print_stdout(&text),
             None if resp.body.is_empty() => {}
-            None => println!("{}", printable(&String::from_utf8_lossy(&resp.body))),
+            None => print_stdout(&terminal_safe(&String::from_utf8_lossy(&resp.body))),
         }
         return ExitCode::SUCCESS;
     }
@@ -430,6 +433,21 @@ fn report(resp: &HttpResponse) -> ExitCode {
         ),
     }
     ExitCode::FAILURE
+}
+
+/// Prints a line; a closed stdout (`| head`) is not an error worth a panic.
+fn print_stdout(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// A text body for a terminal: control characters other than newline and tab replaced.
+fn terminal_safe(s: &str) -> String {
+    let keep = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    s.trim_end()
+        .chars()
+        .map(|c| if keep(c) { c } else { '?' })
+        .collect()
 }
 
 /// Server text made safe for a terminal: no control characters (escape sequences), capped.
@@ -455,6 +473,12 @@ mod tests {
             let e = parse_args(&args(a), None).unwrap_err();
             assert!(e.message().contains("--token-file"), "{e}");
         }
+    }
+
+    #[test]
+    fn text_output_keeps_lines_but_not_escapes() {
+        assert_eq!(terminal_safe("a 1\nb{x=\"y\"} 2\n"), "a 1\nb{x=\"y\"} 2");
+        assert_eq!(terminal_safe("\u{1b}[31mred"), "?[31mred");
     }
 
     #[test]

@@ -563,6 +563,35 @@ async fn slowloris_is_cut_off_after_header_timeout() {
 }
 
 #[tokio::test]
+async fn idle_keepalive_connection_is_closed_after_header_timeout() {
+    let config = ApiConfig {
+        header_read_timeout_ms: 1000,
+        ..plain_config()
+    };
+    let srv = start("keepalive", config).await;
+    let mut tcp = TcpStream::connect(srv.addr()).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = client::read_response(&mut tcp, "GET").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), None, "kept alive");
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut buf))
+        .await
+        .expect("idle connection closed by the server")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF expected");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait() {
     let config = ApiConfig {
         max_connections: 1,
@@ -766,6 +795,12 @@ async fn ctl_plain_token_sources_and_errors() {
         "{}",
         text(&out.stderr)
     );
+
+    let out = ctl(&["--url", &url, "get", "/metrics"], None, None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let metrics = text(&out.stdout);
+    api::metrics::parse_text(&metrics).unwrap();
+    assert!(metrics.contains("route=\"/v1/whoami\""), "{metrics}");
 
     let body = format!(r#"{{"name":"yt","stream_key":"{STREAM_KEY}"}}"#);
     let args = [

@@ -104,8 +104,8 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 /// Deserializes `bytes` into `T`, with an error message naming the field but no value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = redact_values(&e.inner().to_string());
         let msg = if path.is_empty() || path == "." {
@@ -114,6 +114,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("invalid JSON body at `{path}`: {inner}")
         };
         ApiError::invalid_argument(msg)
+    })?;
+    // Only whitespace may follow the value.
+    de.end().map_err(|e| {
+        ApiError::invalid_argument(format!(
+            "invalid JSON body: {}",
+            redact_values(&e.to_string())
+        ))
     })?;
     Ok(value)
 }
@@ -200,6 +207,17 @@ mod tests {
         assert!(!e.message().contains("SECRET"), "{}", e.message());
         let e = decode::<Profile>(br#"{"name":true,"port":1}"#).unwrap_err();
         assert!(!e.message().contains("true"), "{}", e.message());
+    }
+
+    #[test]
+    fn trailing_data_rejected() {
+        let e = decode::<Profile>(br#"{"name":"a","port":1} {"x":1}"#).unwrap_err();
+        assert!(
+            e.message().contains("trailing characters"),
+            "{}",
+            e.message()
+        );
+        assert!(decode::<Profile>(b" {\"name\":\"a\",\"port\":1}\n").is_ok());
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Loads the device certificate from `dir`, or generates one with these SANs.
+/// Loads the device certificate from `dir`, or generates one with these SANs. An existing
+/// certificate is kept even when the configured names changed (clients trust or pin it);
+/// delete both files to get a new one.
 pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<DeviceCert> {
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
