@@ -6,9 +6,11 @@
 //! - [`egress`]: RTMP/RTMPS publishing (pure session wrapper + thin tokio driver).
 //! - [`receive`]: `onair receive`, the private ingest server that records to FLV.
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod egress;
 pub mod error;
 pub mod fabric_sim;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: onair <command> [options]
 
 commands:
+  ctl          admin API client: onair ctl [--url URL] [--token-file F] get|post|put|delete PATH
   fabric-sim   play a TS file over UDP as the conferencing fabric would (paced, looping)
   receive      run the private ingest: an RTMP/RTMPS server recording publishes to FLV
   version      print the version";
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("fabric-sim") => onair::fabric_sim::cli_main(rest),
         Some("receive") => onair::receive::cli::main(rest),
+        Some("ctl") => onair::ctl::main(rest),
         Some("version" | "--version") => {
             println!("onair {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
