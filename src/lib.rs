@@ -19,5 +19,6 @@ pub mod media;
 pub mod receive;
 pub mod relay;
 pub mod rtmp_guard;
+pub mod run;
 pub mod secret;
 pub mod store;

@@ -5,15 +5,20 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: onair <command> [options]
 
 commands:
+  run          the appliance service (admin API, consent-gated sessions): onair run [--config FILE]
   ctl          admin API client: onair ctl [--url URL] [--token-file F] get|post|put|delete PATH
   fabric-sim   play a TS file over UDP as the conferencing fabric would (paced, looping)
   receive      run the private ingest: an RTMP/RTMPS server recording publishes to FLV
   version      print the version";
 
 fn main() -> ExitCode {
-    init_tracing();
     let args: Vec<String> = std::env::args().collect();
     let rest = args.get(2..).unwrap_or(&[]);
+    if args.get(1).map(String::as_str) == Some("run") {
+        // `run` sets up logging from its config.
+        return onair::run::main(rest);
+    }
+    init_tracing();
     match args.get(1).map(String::as_str) {
         Some("fabric-sim") => onair::fabric_sim::cli_main(rest),
         Some("receive") => onair::receive::cli::main(rest),

@@ -4,7 +4,8 @@ use std::fmt;
 
 /// A secret string. `Debug`/`Display` print `***`; the value is only reachable through
 /// [`Secret::expose`], whose call sites are the few places that must put it on the wire.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod v1;
 
 use std::sync::Arc;
 

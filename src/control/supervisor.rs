@@ -109,6 +109,11 @@ impl Control {
         rx.await.map_err(|_| Refused::Closed)?
     }
 
+    /// Reads the current state without copying it.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Option<R> {
+        self.state.read().ok().map(|s| f(&s))
+    }
+
     /// A snapshot of the state (for reads).
     pub fn state(&self) -> State {
         self.state.read().map(|s| s.clone()).unwrap_or_default()

@@ -50,7 +50,7 @@ pub struct AuditEntry {
 }
 
 /// A stored entry with its place in the chain.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct AuditRecord {
     pub seq: i64,
     /// The commit that wrote it; `None` for entries written before schema v2.

@@ -1,0 +1,93 @@
+//! The indicator protocol with the conferencing fabric (fabric tokens only):
+//! `GET /v1/fabric/indicators` streams server-sent events — first every indicator currently on,
+//! then each change — and `POST /v1/fabric/indicators/{session_id}/ack` acknowledges that the
+//! indicator is shown. The first ack moves a session from `starting` to `live`; while live the
+//! fabric keeps acknowledging (heartbeat) or egress stops after the policy's grace period.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{V1, actor, submit};
+use crate::api::auth::PeerAddr;
+use crate::api::{ApiError, Principal, Role as ApiRole, Routes, require};
+use crate::control::consent::Command;
+use crate::control::supervisor::IndicatorEvent;
+
+pub fn routes() -> Routes<V1> {
+    Routes::new()
+        .get("/v1/fabric/indicators", events)
+        .post("/v1/fabric/indicators/{session_id}/ack", ack)
+}
+
+/// Keep-alive comment period, so a dead connection is noticed by both ends.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+fn sse(ev: &IndicatorEvent) -> Bytes {
+    let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!("event: indicator\ndata: {data}\n\n"))
+}
+
+/// A response body fed by a bounded channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(Ok))
+    }
+}
+
+async fn events(p: Principal, State(v1): State<V1>) -> Result<Response, ApiError> {
+    require(&p, &[ApiRole::Fabric])?;
+    let (now, mut changes) = v1.control.indicators();
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        for ev in &now {
+            if tx.send(sse(ev)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let item = tokio::select! {
+                r = changes.recv() => match r {
+                    Ok(ev) => sse(&ev),
+                    // A slow reader missed events: tell it to resubscribe for a fresh snapshot.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            if tx.send(item).await.is_err() {
+                return; // the fabric went away
+            }
+        }
+    });
+    let mut resp = Body::from_stream(ChannelBody(rx)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+async fn ack(
+    p: Principal,
+    peer: Option<Extension<PeerAddr>>,
+    State(v1): State<V1>,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    submit(&v1, actor(&p, peer), Command::IndicatorAck { session_id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

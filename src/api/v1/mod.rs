@@ -1,0 +1,118 @@
+//! The v1 resources of the admin API. Requests are decoded into typed commands here (strict
+//! JSON), run through the supervisor (which authorizes, audits and applies them), and answered
+//! with views that never carry a stream key or a token hash.
+
+mod admin;
+mod fabric;
+mod profiles;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Extension;
+
+use super::auth::PeerAddr;
+use super::{ApiError, Principal, Role as ApiRole, Routes, TokenResolver};
+use crate::control::consent::{Command, DenyCode, Outcome};
+use crate::control::model::{Actor, Role};
+use crate::control::supervisor::{Control, Refused};
+
+/// What every v1 handler shares.
+#[derive(Clone)]
+pub struct V1 {
+    pub control: Control,
+    /// CIDRs a session's fabric source may use (config `fabric.allowed_sources`).
+    pub allowed_sources: Arc<Vec<crate::control::destination::Cidr>>,
+}
+
+/// All v1 routes.
+pub fn routes(v1: V1) -> Routes {
+    admin::routes()
+        .merge(profiles::routes())
+        .merge(sessions::routes())
+        .merge(fabric::routes())
+        .with_state(v1)
+}
+
+/// Resolves tokens against the control state (SHA-256 of the token, as stored).
+pub struct ControlTokens(pub Control);
+
+impl TokenResolver for ControlTokens {
+    fn resolve(&self, presented: &str) -> Option<Principal> {
+        let hash = crate::store::hash_token(presented);
+        self.0
+            .read(|s| {
+                s.tokens
+                    .values()
+                    .find(|t| crate::secret::Secret::new(t.hash.clone()).ct_eq(&hash))
+                    .map(|t| Principal {
+                        token_id: t.id.clone(),
+                        role: match t.role {
+                            Role::Admin | Role::System => ApiRole::Admin,
+                            Role::Subscriber => ApiRole::Subscriber,
+                            Role::Fabric => ApiRole::Fabric,
+                        },
+                        subscriber_id: t.subscriber.clone(),
+                    })
+            })
+            .flatten()
+    }
+}
+
+/// The actor of a request, for the state machine and the audit log.
+pub fn actor(p: &Principal, peer: Option<Extension<PeerAddr>>) -> Actor {
+    Actor {
+        role: match p.role {
+            ApiRole::Admin => Role::Admin,
+            ApiRole::Subscriber => Role::Subscriber,
+            ApiRole::Fabric => Role::Fabric,
+        },
+        subscriber: p.subscriber_id.clone(),
+        token_id: p.token_id.clone(),
+        source: peer.map_or_else(
+            || "unknown".into(),
+            |Extension(PeerAddr(a))| a.ip().to_string(),
+        ),
+    }
+}
+
+/// Runs a command; maps a refusal to its HTTP error.
+pub async fn submit(v1: &V1, actor: Actor, cmd: Command) -> Result<Outcome, ApiError> {
+    v1.control.submit(actor, cmd).await.map_err(refused)
+}
+
+pub fn refused(r: Refused) -> ApiError {
+    match r {
+        Refused::Denied(d) => match d.code {
+            DenyCode::Forbidden => ApiError::forbidden(d.message),
+            DenyCode::NotFound => ApiError::not_found(d.message),
+            DenyCode::Conflict => ApiError::conflict(d.message),
+            DenyCode::Invalid => ApiError::invalid_argument(d.message),
+            DenyCode::Policy => {
+                ApiError::new(axum::http::StatusCode::FORBIDDEN, "policy", d.message)
+            }
+        },
+        Refused::Store(e) => {
+            tracing::error!(error = %e, "store refused a write");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the appliance could not record this change (storage); nothing was changed",
+            )
+        }
+        Refused::Closed => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        ),
+    }
+}
+
+/// For reads: admins see everything, subscribers their own, others nothing.
+pub fn may_see(p: &Principal, owner: &str) -> bool {
+    match p.role {
+        ApiRole::Admin => true,
+        ApiRole::Subscriber => p.subscriber_id.as_deref() == Some(owner),
+        ApiRole::Fabric => false,
+    }
+}
