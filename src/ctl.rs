@@ -302,6 +302,39 @@ pub async fn execute(opts: &Options) -> Result<HttpResponse> {
     }
 }
 
+/// A connection to the API (plain on loopback only, or TLS checked by `trust`).
+pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Opens a connection to `t` under the same rules as `onair ctl`.
+pub async fn connect(t: &Target, trust: &Trust) -> Result<Box<dyn Conn>> {
+    let tcp = TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| Error::from_net(&format!("connecting to {}:{}", t.host, t.port), &e))?;
+    let peer = tcp
+        .peer_addr()
+        .map_err(|e| Error::from_net("peer address", &e))?;
+    if (*trust == Trust::InsecureLoopback || !t.tls) && !peer.ip().to_canonical().is_loopback() {
+        bail!(
+            Policy,
+            "{} resolved to {}, which is not loopback",
+            t.host,
+            peer.ip()
+        );
+    }
+    if !t.tls {
+        return Ok(Box::new(tcp));
+    }
+    let connector = tokio_rustls::TlsConnector::from(client_config(trust)?);
+    let name = ServerName::try_from(t.host.clone())
+        .map_err(|_| err!(InvalidArgument, "bad host name {:?}", t.host))?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| tls_error(&e))?;
+    Ok(Box::new(tls))
+}
+
 async fn exchange(opts: &Options) -> Result<HttpResponse> {
     let t = &opts.target;
     let tcp = TcpStream::connect((t.host.as_str(), t.port))

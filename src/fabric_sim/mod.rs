@@ -5,6 +5,8 @@
 //!
 //! [`Schedule`] (pure) computes when each packet is due; [`run`] sends.
 
+pub mod indicator;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -199,15 +201,26 @@ pub fn run(opts: &SimOptions) -> Result<()> {
 }
 
 const USAGE: &str = "usage: onair fabric-sim --to HOST:PORT [--file FILE.ts] [--loops N] [--packets-per-datagram 1..7] [--rtp]
+                        [--api URL --token-file F [--ca FILE | --pin SHA256 | --insecure-loopback]]
   Plays FILE (default: the bundled sample clip) over UDP, paced by its PCR, looping forever
-  unless --loops is given.";
+  unless --loops is given. With --api it also plays the fabric's indicator side: it subscribes
+  to the appliance's indicator events, shows them, and acknowledges (token from --token-file
+  or ONAIR_FABRIC_TOKEN, never from the command line).";
 
 /// The bundled sample clip (H.264 High with B-frames + AAC, ~10 s), made by scripts/make-sample.sh.
 pub const DEFAULT_CLIP: &str = "assets/sample.ts";
 
 /// `onair fabric-sim …`
 pub fn cli_main(args: &[String]) -> std::process::ExitCode {
-    match parse_args(args).and_then(|o| run(&o)) {
+    let (media_args, api) = match split_api_args(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("onair fabric-sim: {e}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _indicator = api.map(start_indicator);
+    match parse_args(&media_args).and_then(|o| run(&o)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("onair fabric-sim: {e}");
@@ -217,6 +230,72 @@ pub fn cli_main(args: &[String]) -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Separates the indicator options (`--api`, `--token-file`, trust) from the media ones.
+fn split_api_args(args: &[String]) -> Result<(Vec<String>, Option<indicator::IndicatorConfig>)> {
+    let mut media = Vec::new();
+    let (mut url, mut token_file, mut trust) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| crate::err!(InvalidArgument, "{a} needs a value"))
+        };
+        match a.as_str() {
+            "--api" => url = Some(value()?),
+            "--token-file" => token_file = Some(value()?),
+            "--ca" => trust = Some(crate::ctl::Trust::Ca(PathBuf::from(value()?))),
+            "--pin" => {
+                trust = Some(crate::ctl::Trust::Pin(crate::egress::tls::parse_pin(
+                    &value()?,
+                )?))
+            }
+            "--insecure-loopback" => trust = Some(crate::ctl::Trust::InsecureLoopback),
+            "--token" => crate::bail!(
+                InvalidArgument,
+                "tokens are never taken from the command line: use --token-file or ONAIR_FABRIC_TOKEN"
+            ),
+            _ => media.push(a.clone()),
+        }
+    }
+    let Some(url) = url else {
+        return Ok((media, None));
+    };
+    let token = match (token_file, std::env::var("ONAIR_FABRIC_TOKEN").ok()) {
+        (Some(f), _) => std::fs::read_to_string(&f)
+            .map_err(|e| crate::err!(InvalidArgument, "cannot read {f}: {e}"))?
+            .trim()
+            .to_string(),
+        (None, Some(t)) => t,
+        (None, None) => crate::bail!(
+            InvalidArgument,
+            "--api needs a fabric token (--token-file or ONAIR_FABRIC_TOKEN)"
+        ),
+    };
+    let cfg = indicator::IndicatorConfig {
+        target: crate::ctl::parse_url(&url)?,
+        trust: trust.unwrap_or(crate::ctl::Trust::WebPki),
+        token: crate::secret::Secret::new(token),
+        heartbeat: Duration::from_secs(1),
+    };
+    Ok((media, Some(cfg)))
+}
+
+/// Runs the indicator side on its own thread and runtime, for the life of the process.
+fn start_indicator(cfg: indicator::IndicatorConfig) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            eprintln!("onair fabric-sim: cannot start the indicator runtime");
+            return;
+        };
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        rt.block_on(indicator::run(cfg, Default::default(), stop_rx));
+    })
 }
 
 fn parse_args(args: &[String]) -> Result<SimOptions> {
