@@ -78,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         packets_per_datagram: 7,
         loops: Some(loops_arg()),
         rtp: false,
+        stop: None,
     };
     let sim_thread = std::thread::spawn(move || fabric_sim::run(&sim));
     while !sim_thread.is_finished() {

@@ -41,9 +41,9 @@ impl CoreSink {
 }
 
 impl DatagramSink for CoreSink {
-    fn on_stop(&mut self, now_ns: u64) {
-        // End of input: the last unbounded frame is complete now.
-        self.core.flush(now_ns, &mut self.frames);
+        fn on_stop(&mut self, _now_ns: u64) {
+        // A frame still being received is not known complete: it is not sent (a source that
+        // went quiet before the stop was already flushed by the idle flush).
         self.push_frames();
     }
 

@@ -499,6 +499,7 @@ async fn fabric_sim_loops_play_through_with_continuous_timestamps() {
         packets_per_datagram: 5,
         loops: Some(3),
         rtp: false,
+        stop: None,
     };
     let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || onair::fabric_sim::run(&sim))

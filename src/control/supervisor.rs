@@ -61,6 +61,8 @@ pub struct SessionStats {
     pub reconnects: u64,
     pub av_offset_ms: i64,
     pub publishing: bool,
+    /// Receive time (monotonic ns) of the first frame sent: at or after the confirm instant.
+    pub first_frame_rx_ns: Option<u64>,
 }
 
 /// Why a command was not carried out.
@@ -511,6 +513,7 @@ fn session_stats(c: &crate::media::core::CoreStats, e: &[egress::StatsSnapshot])
         video_frames: c.video_frames,
         audio_frames: c.audio_frames,
         av_offset_ms: c.av_offset_ms,
+        first_frame_rx_ns: c.first_frame_rx_ns,
         ..SessionStats::default()
     };
     for x in e {

@@ -75,9 +75,10 @@ async fn on_event(cfg: &IndicatorConfig, shown: &Shown, ind: Indicator) {
         }
     }
     if ind.streaming
-        && let Err(e) = ack(cfg, &id).await {
-            tracing::warn!(session = %id, error = %e, "fabric: acknowledgement failed");
-        }
+        && let Err(e) = ack(cfg, &id).await
+    {
+        tracing::warn!(session = %id, error = %e, "fabric: acknowledgement failed");
+    }
 }
 
 /// What participants would see, on stderr.

@@ -142,6 +142,8 @@ pub struct SimOptions {
     pub loops: Option<u64>,
     /// Wrap datagrams in RTP (RFC 2250, PT 33).
     pub rtp: bool,
+    /// Set to end the playback early (checked before every datagram).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Builds the 12-byte RTP header for PT 33 (90 kHz timestamp from the send offset).
@@ -177,6 +179,13 @@ pub fn run(opts: &SimOptions) -> Result<()> {
         let pass = prepare_pass(&data, n, &mut cc);
         let pass_start_ns = n * schedule.pass_ns;
         for (i, chunk) in pass.chunks(per * TS_PACKET_LEN).enumerate() {
+            if opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                return Ok(());
+            }
             let due_ns = pass_start_ns + schedule.offsets_ns[i * per];
             let due = start + Duration::from_nanos(due_ns);
             let now = Instant::now();
@@ -305,6 +314,7 @@ fn parse_args(args: &[String]) -> Result<SimOptions> {
         packets_per_datagram: 7,
         loops: None,
         rtp: false,
+        stop: None,
     };
     let mut to = None;
     let mut it = args.iter();

@@ -82,6 +82,8 @@ pub struct CoreStats {
     pub program_changes: u64,
     /// Last video DTS − last audio DTS, ms.
     pub av_offset_ms: i64,
+    /// Receive time of the first frame emitted (the start keyframe), caller's clock.
+    pub first_frame_rx_ns: Option<u64>,
     pub demux: DemuxStats,
     pub rtp: RtpStats,
     pub timeline: timeline::TimelineStats,
@@ -300,6 +302,7 @@ impl MediaCore {
     }
 
     fn emit_video(&mut self, h: Held, out: &mut Vec<MediaFrame>) {
+        self.stats.first_frame_rx_ns.get_or_insert(h.rx_ns);
         self.waiting_keyframe = false;
         let m = self
             .timeline
