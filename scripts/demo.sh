@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The demo: the bundled clip → fabric simulator → onair relay → onair receive, on loopback,
-# for two passes of the clip (~20 s); then shows what was recorded. Needs only cargo;
-# uses ffprobe to describe the recording when it is installed.
+# The demo: onair run (embedded default) + onair receive (private RTMPS ingest) + onair
+# fabric-sim (media and indicator), driven through the real admin API: enable, profile,
+# session, confirm, ~15 s live with stats, stop, recording. Needs only cargo (ffprobe, when
+# installed, describes the recording). Everything stays on 127.0.0.1; files under var/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release --quiet --example demo -- "$@" | tee /tmp/onair-demo.log
-rec=$(sed -n 's/^recorded: //p' /tmp/onair-demo.log | tail -1)
-if [ -n "$rec" ] && command -v ffprobe >/dev/null 2>&1; then
-  echo "--- ffprobe of $rec"
-  ffprobe -v error -show_entries stream=codec_name,width,height,sample_rate,channels:format=duration -of compact "$rec"
-fi
+cargo build --release --quiet --bin onair --example demo
+ONAIR_BIN="$PWD/target/release/onair" exec target/release/examples/demo "$@"

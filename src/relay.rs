@@ -41,7 +41,7 @@ impl CoreSink {
 }
 
 impl DatagramSink for CoreSink {
-        fn on_stop(&mut self, _now_ns: u64) {
+    fn on_stop(&mut self, _now_ns: u64) {
         // A frame still being received is not known complete: it is not sent (a source that
         // went quiet before the stop was already flushed by the idle flush).
         self.push_frames();

@@ -190,7 +190,10 @@ async fn world(name: &str) -> (World, onair::run::Service) {
     let dir = temp_dir(name);
     let ca = TestCa::make(&dir.join("pki"), "ingest");
     let rx = receiver(&dir, &ca).await;
-        let mut config = onair::config::RunConfig { data_dir: dir.join("data"), ..Default::default() };
+    let mut config = onair::config::RunConfig {
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
     config.api.listen = ([127, 0, 0, 1], 0).into();
     let service = onair::run::start(&config, std::future::pending())
         .await
