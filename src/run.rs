@@ -81,6 +81,12 @@ pub struct Service {
     pub admin_token_file: Option<PathBuf>,
 }
 
+/// Every route of the admin API: the infrastructure routes and the v1 resources (what
+/// [`start`] serves; tests check its table against docs/openapi.json).
+pub fn routes(v1: V1) -> api::Routes {
+    api::base_router().merge(crate::api::v1::routes(v1))
+}
+
 /// Starts everything; returns once the API is listening.
 pub async fn start(
     config: &RunConfig,
@@ -110,7 +116,7 @@ pub async fn start(
     let app = api::App::new(Arc::new(ControlTokens(control.clone())));
     app.metrics
         .register(Arc::new(SessionMetrics(control.clone())));
-    let built = app.build(api::base_router().merge(crate::api::v1::routes(v1)));
+    let built = app.build(routes(v1));
     let api_config = ApiConfig {
         listen: config.api.listen,
         tls: if config.api_tls() == Some(false) {

@@ -99,10 +99,14 @@ mod tests {
         }
     }
 
+    /// The document describes the full app; its exact sync with `run::routes` is checked in
+    /// tests/api_v1. Here: the infrastructure routes are all in it.
     #[test]
-    fn base_routes_match_document() {
-        let routes = crate::api::base_router();
-        check_sync(DOCUMENT, routes.table()).unwrap();
+    fn base_routes_are_documented() {
+        let documented = documented_routes(DOCUMENT).unwrap();
+        for r in crate::api::base_router().table() {
+            assert!(documented.contains(r), "{r:?} not documented");
+        }
     }
 
     #[test]

@@ -174,14 +174,19 @@ pub fn spki_of(cert_der: &[u8]) -> Option<&[u8]> {
 
 /// Parses a pin given as 64 hex digits (optionally `sha256/` + base64 is not accepted: hex only).
 pub fn parse_pin(hex: &str) -> Result<[u8; 32]> {
-    let hex = hex.trim();
+    // Bytes, not string slices: a 64-byte pin with multi-byte characters must be refused,
+    // not panic on a char boundary (this runs inside the supervisor).
+    let hex = hex.trim().as_bytes();
     if hex.len() != 64 {
         crate::bail!(InvalidArgument, "SPKI pin must be 64 hex digits (SHA-256)");
     }
+    let digit = |b: u8| char::from(b).to_digit(16);
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| crate::err!(InvalidArgument, "SPKI pin must be hex"))?;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (Some(hi), Some(lo)) = (digit(pair[0]), digit(pair[1])) else {
+            crate::bail!(InvalidArgument, "SPKI pin must be hex");
+        };
+        *o = u8::try_from(hi * 16 + lo).unwrap_or(0);
     }
     Ok(out)
 }
@@ -189,6 +194,20 @@ pub fn parse_pin(hex: &str) -> Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_parsing_refuses_non_hex_without_panicking() {
+        let good = "0123456789abcdefABCDEF0123456789abcdef0123456789abcdef0123456789";
+        assert_eq!(parse_pin(good).expect("hex")[..3], [0x01, 0x23, 0x45]);
+        // 64 bytes whose byte 1 is inside a two-byte character.
+        let multibyte = format!("a{}b", "é".repeat(31));
+        assert_eq!(multibyte.len(), 64);
+        assert!(parse_pin(&multibyte).is_err());
+        // `u8::from_str_radix` accepts a leading `+`; a pin must not.
+        assert!(parse_pin(&"+f".repeat(32)).is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+        assert!(parse_pin("abcd").is_err());
+    }
 
     #[test]
     fn der_walker_bounds() {

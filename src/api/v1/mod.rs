@@ -108,6 +108,9 @@ pub fn refused(r: Refused) -> ApiError {
     }
 }
 
+/// Who may read profiles and sessions (the fabric may not: 403, not an empty list).
+pub const READERS: &[ApiRole] = &[ApiRole::Admin, ApiRole::Subscriber];
+
 /// For reads: admins see everything, subscribers their own, others nothing.
 pub fn may_see(p: &Principal, owner: &str) -> bool {
     match p.role {

@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{V1, actor, may_see, submit};
+use super::{READERS, V1, actor, may_see, submit};
 use crate::api::auth::PeerAddr;
-use crate::api::{ApiError, Principal, Routes, StrictJson};
+use crate::api::{ApiError, Principal, Routes, StrictJson, require};
 use crate::control::consent::{Command, ProfileSpec};
 use crate::control::model::{Profile, Service};
 use crate::secret::Secret;
@@ -135,6 +135,7 @@ async fn list(
     p: Principal,
     State(v1): State<V1>,
 ) -> Result<StrictJson<Vec<ProfileView>>, ApiError> {
+    require(&p, READERS)?;
     let list = v1
         .control
         .read(|s| {
@@ -153,6 +154,7 @@ async fn get(
     State(v1): State<V1>,
     Path(id): Path<String>,
 ) -> Result<StrictJson<ProfileView>, ApiError> {
+    require(&p, READERS)?;
     find(&v1, &p, &id).map(StrictJson)
 }
 

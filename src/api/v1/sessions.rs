@@ -5,9 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{V1, actor, may_see, submit};
+use super::{READERS, V1, actor, may_see, submit};
 use crate::api::auth::PeerAddr;
-use crate::api::{ApiError, Principal, Role as ApiRole, Routes, StrictJson};
+use crate::api::{ApiError, Principal, Role as ApiRole, Routes, StrictJson, require};
 use crate::control::consent::Command;
 use crate::control::model::{Schedule, Session, SessionState};
 use crate::control::supervisor::SessionStats;
@@ -115,6 +115,7 @@ async fn list(
     p: Principal,
     State(v1): State<V1>,
 ) -> Result<StrictJson<Vec<SessionView>>, ApiError> {
+    require(&p, READERS)?;
     let sessions: Vec<Session> = v1
         .control
         .read(|s| {
@@ -135,6 +136,7 @@ async fn get(
     State(v1): State<V1>,
     Path(id): Path<String>,
 ) -> Result<StrictJson<SessionView>, ApiError> {
+    require(&p, READERS)?;
     find(&v1, &p, &id).map(StrictJson)
 }
 
