@@ -146,8 +146,10 @@ pub fn redact_values(msg: &str) -> String {
 }
 
 /// serde's quoted value forms and the character that closes each.
-const VALUE_PREFIXES: [(&str, char); 5] = [
+const VALUE_PREFIXES: [(&str, char); 6] = [
     ("string \"", '"'),
+    // `unknown variant `x`, expected one of …`: the variant is the caller's input.
+    ("unknown variant `", '`'),
     ("integer `", '`'),
     ("floating point `", '`'),
     ("boolean `", '`'),
@@ -218,6 +220,16 @@ mod tests {
             e.message()
         );
         assert!(decode::<Profile>(b" {\"name\":\"a\",\"port\":1}\n").is_ok());
+    }
+
+    #[test]
+    fn unknown_enum_variants_are_not_echoed() {
+        // Regression: `service: "sk-live-XYZ"` came back as "unknown variant `sk-live-XYZ`".
+        let m = "unknown variant `sk-live-XYZ`, expected one of `youtube`, `custom` at line 1";
+        let r = redact_values(m);
+        assert!(!r.contains("sk-live-XYZ"), "{r}");
+        assert!(r.starts_with("unknown variant"), "{r}");
+        assert!(r.contains("expected one of"), "{r}");
     }
 
     #[test]

@@ -270,10 +270,7 @@ pub fn apply(
                 state, actor, role, subscriber, label, hash, env,
             )?)
         }
-        Command::RevokeToken { id } => {
-            require_admin(actor)?;
-            state.tokens.remove(&id).map(|_| ()).ok_or_else(not_found)?;
-        }
+        Command::RevokeToken { id } => revoke_token(state, actor, &id)?,
         Command::CreateProfile(spec) => {
             out.created = Some(create_profile(state, actor, spec, env)?)
         }
@@ -468,6 +465,24 @@ fn create_token(
         },
     );
     Ok(id)
+}
+
+fn revoke_token(state: &mut State, actor: &Actor, id: &str) -> Result<(), Denied> {
+    require_admin(actor)?;
+    let t = state.tokens.get(id).ok_or_else(not_found)?;
+    let admins = state
+        .tokens
+        .values()
+        .filter(|t| t.role == Role::Admin)
+        .count();
+    if t.role == Role::Admin && admins == 1 {
+        return deny(
+            DenyCode::Conflict,
+            "the last admin token cannot be revoked: create another one first",
+        );
+    }
+    state.tokens.remove(id);
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), Denied> {

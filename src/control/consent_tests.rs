@@ -563,6 +563,40 @@ fn recording_destination_needs_the_recording_entitlement() {
 }
 
 #[test]
+fn the_last_admin_token_cannot_be_revoked() {
+    let mut w = World::new();
+    let admin = w.admin.clone();
+    let sys = Actor::system();
+    let first = w
+        .ok(
+            &sys,
+            Command::CreateToken {
+                role: Role::Admin,
+                subscriber: None,
+                label: "a".into(),
+                hash: "h1".into(),
+            },
+        )
+        .created
+        .expect("id");
+    let second = w
+        .ok(
+            &admin,
+            Command::CreateToken {
+                role: Role::Admin,
+                subscriber: None,
+                label: "b".into(),
+                hash: "h2".into(),
+            },
+        )
+        .created
+        .expect("id");
+    w.ok(&admin, Command::RevokeToken { id: first });
+    let r = w.apply(&admin, Command::RevokeToken { id: second });
+    assert_eq!(r.err().map(|d| d.code), Some(DenyCode::Conflict));
+}
+
+#[test]
 fn subscribers_cannot_see_each_others_objects() {
     let mut w = World::new();
     w.enable();

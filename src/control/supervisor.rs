@@ -83,6 +83,8 @@ enum Request {
         cmd: Command,
         reply: Reply,
     },
+    /// A refusal decided at the edge (bad input from an authenticated caller): audit only.
+    Refusal { actor: Actor, record: AuditRecord },
     RelayEnded {
         session_id: SessionId,
         error: Option<String>,
@@ -109,6 +111,25 @@ impl Control {
             .await
             .map_err(|_| Refused::Closed)?;
         rx.await.map_err(|_| Refused::Closed)?
+    }
+
+    /// Audits a refusal decided before the state machine (an authenticated caller's bad
+    /// input). Best effort: the caller answers the refusal either way.
+    pub async fn audit_refusal(
+        &self,
+        actor: Actor,
+        action: &str,
+        target: &str,
+        code: &str,
+        message: &str,
+    ) {
+        let record = AuditRecord {
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: format!("denied:{code}"),
+            detail: message.to_string(),
+        };
+        let _ = self.tx.send(Request::Refusal { actor, record }).await;
     }
 
     /// Reads the current state without copying it.
@@ -275,6 +296,12 @@ impl Supervisor {
                     Some(Request::Command { actor, cmd, reply }) => {
                         let r = self.run_command(&actor, cmd);
                         let _ = reply.send(r);
+                    }
+                                        Some(Request::Refusal { actor, record }) => {
+                        let now_ms = self.clocks.now_ms();
+                        if let Err(e) = self.commit(Batch::new().audit(entry(&actor, now_ms, &record))) {
+                            tracing::error!(error = %e, "audit of a refusal failed");
+                        }
                     }
                     Some(Request::RelayEnded { session_id, error }) => {
                         let _ = self.run_command(&Actor::system(), Command::RelayStopped { session_id, error });

@@ -436,3 +436,47 @@ async fn bad_input_is_refused_and_changes_nothing() {
     }
     w.svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_decided_at_the_edge_are_audited() {
+    // Regression: a valid caller's bad input refused before the state machine (source outside
+    // the fabric's addresses, a bad stream key) left no trace in the audit log.
+    let w = World::setup("edge_audit").await;
+    let head = w.svc.audit_head().await;
+    let body =
+        json!({ "profile_id": w.profile_a, "meeting_id": "m", "source": "udp://10.9.9.9:5000" });
+    let r = w
+        .svc
+        .call(Some(&w.tok_a), "POST", "/v1/sessions", Some(&body))
+        .await;
+    assert_eq!(r.status, 403);
+    let bad_key = json!({ "name": "x", "service": "youtube", "stream_key": "has space" });
+    let r = w
+        .svc
+        .call(Some(&w.tok_a), "POST", "/v1/profiles", Some(&bad_key))
+        .await;
+    assert_eq!(r.status, 400);
+    let entries = w.svc.audit_after(head).await;
+    let denied: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["entry"]["action"].as_str().unwrap_or("").to_owned(),
+                e["entry"]["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        denied.contains(&("session.create".into(), "denied:policy".into())),
+        "{denied:?}"
+    );
+    assert!(
+        denied.contains(&("profile.create".into(), "denied:invalid_argument".into())),
+        "{denied:?}"
+    );
+    assert!(
+        !entries.iter().any(|e| e.to_string().contains("has space")),
+        "the refused key reached the audit log"
+    );
+    w.svc.stop().await;
+}

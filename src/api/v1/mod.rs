@@ -111,6 +111,14 @@ pub fn refused(r: Refused) -> ApiError {
 /// Who may read profiles and sessions (the fabric may not: 403, not an empty list).
 pub const READERS: &[ApiRole] = &[ApiRole::Admin, ApiRole::Subscriber];
 
+/// Audits a refusal decided here at the edge (the caller is authenticated), then returns it.
+pub async fn refuse(v1: &V1, actor: Actor, action: &str, target: &str, err: ApiError) -> ApiError {
+    v1.control
+        .audit_refusal(actor, action, target, err.code(), err.message())
+        .await;
+    err
+}
+
 /// For reads: admins see everything, subscribers their own, others nothing.
 pub fn may_see(p: &Principal, owner: &str) -> bool {
     match p.role {

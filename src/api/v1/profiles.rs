@@ -164,11 +164,17 @@ async fn create(
     State(v1): State<V1>,
     StrictJson(body): StrictJson<ProfileBody>,
 ) -> Result<(StatusCode, StrictJson<ProfileView>), ApiError> {
-    if body.stream_key.is_none() {
-        return Err(ApiError::invalid_argument("stream_key is required"));
-    }
-    let spec = spec(&v1, body)?;
-    let out = submit(&v1, actor(&p, peer), Command::CreateProfile(spec)).await?;
+    let who = actor(&p, peer);
+    let checked = if body.stream_key.is_none() {
+        Err(ApiError::invalid_argument("stream_key is required"))
+    } else {
+        spec(&v1, body)
+    };
+    let spec = match checked {
+        Ok(s) => s,
+        Err(e) => return Err(super::refuse(&v1, who, "profile.create", "", e).await),
+    };
+    let out = submit(&v1, who, Command::CreateProfile(spec)).await?;
     let id = out.created.unwrap_or_default();
     Ok((StatusCode::CREATED, StrictJson(find(&v1, &p, &id)?)))
 }
@@ -180,10 +186,14 @@ async fn update(
     Path(id): Path<String>,
     StrictJson(body): StrictJson<ProfileBody>,
 ) -> Result<StrictJson<ProfileView>, ApiError> {
-    let spec = spec(&v1, body)?;
+    let who = actor(&p, peer);
+    let spec = match spec(&v1, body) {
+        Ok(s) => s,
+        Err(e) => return Err(super::refuse(&v1, who, "profile.update", &id, e).await),
+    };
     submit(
         &v1,
-        actor(&p, peer),
+        who,
         Command::UpdateProfile {
             id: id.clone(),
             spec,

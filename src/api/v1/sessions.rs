@@ -146,6 +146,19 @@ async fn create(
     State(v1): State<V1>,
     StrictJson(body): StrictJson<NewSession>,
 ) -> Result<(StatusCode, StrictJson<SessionView>), ApiError> {
+    let who = actor(&p, peer.clone());
+    match checked_create(&v1, body) {
+        Ok(cmd) => {
+            let out = submit(&v1, who, cmd).await?;
+            let id = out.created.unwrap_or_default();
+            Ok((StatusCode::CREATED, StrictJson(find(&v1, &p, &id)?)))
+        }
+        Err(e) => Err(super::refuse(&v1, who, "session.create", "", e).await),
+    }
+}
+
+/// The edge checks of a new session (source format, allowed sources, schedule).
+fn checked_create(v1: &V1, body: NewSession) -> Result<Command, ApiError> {
     let ingest = crate::control::destination::parse_source(&body.source)
         .map_err(|e| ApiError::invalid_argument(e.message()))?;
     let ip = match ingest.multicast {
@@ -175,9 +188,7 @@ async fn create(
         source: body.source,
         schedule,
     };
-    let out = submit(&v1, actor(&p, peer), cmd).await?;
-    let id = out.created.unwrap_or_default();
-    Ok((StatusCode::CREATED, StrictJson(find(&v1, &p, &id)?)))
+    Ok(cmd)
 }
 
 async fn confirm(
