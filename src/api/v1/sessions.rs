@@ -146,7 +146,7 @@ async fn create(
     State(v1): State<V1>,
     StrictJson(body): StrictJson<NewSession>,
 ) -> Result<(StatusCode, StrictJson<SessionView>), ApiError> {
-    let who = actor(&p, peer.clone());
+    let who = actor(&p, peer);
     match checked_create(&v1, body) {
         Ok(cmd) => {
             let out = submit(&v1, who, cmd).await?;
