@@ -138,26 +138,55 @@ impl Relay {
     pub fn egress_stats(&self) -> Vec<StatsSnapshot> {
         self.egresses.iter().map(EgressHandle::snapshot).collect()
     }
+}
 
-    /// Stops the ingest, lets each egress send what is queued, then ends them.
-    /// Returns each egress's outcome.
-    pub async fn stop(mut self) -> Vec<Result<()>> {
+/// Longest a normal stop lets queued frames drain, for all egresses together.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Relay {
+    async fn stop_ingest(&mut self) {
         if let Some(i) = self.ingest.take() {
             // Joining the ingest thread blocks briefly (≤ ~100 ms).
             let _ = tokio::task::spawn_blocking(move || i.stop()).await;
         }
+    }
+
+    async fn join_all(&mut self) -> Vec<Result<()>> {
+        let mut out = Vec::new();
+        for e in self.egresses.drain(..) {
+            out.push(e.join().await);
+        }
+        out
+    }
+
+    /// A normal stop (the owner's, a scheduled end): the ingest stops, queued frames drain for
+    /// at most [`DRAIN_LIMIT`] in all, then every egress ends. Returns each egress's outcome.
+    pub async fn stop(mut self) -> Vec<Result<()>> {
         for e in &self.egresses {
             e.queue.close();
         }
-        let mut out = Vec::new();
-        for e in self.egresses.drain(..) {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !e.is_finished() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            e.stop();
-            out.push(e.join().await);
+        self.stop_ingest().await;
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while !self.egresses.iter().all(EgressHandle::is_finished)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        for e in &self.egresses {
+            e.stop();
+        }
+        self.join_all().await
+    }
+
+    /// Consent withdrawn: every egress stops sending now (queued frames are dropped, sockets
+    /// reset), then the ingest stops.
+    pub async fn abort(mut self) -> Vec<Result<()>> {
+        for e in &self.egresses {
+            e.stop();
+            e.queue.close();
+        }
+        let out = self.join_all().await;
+        self.stop_ingest().await;
         out
     }
 }

@@ -229,33 +229,25 @@ impl api::metrics::MetricsSource for SessionMetrics {
         for (state, n) in &counts {
             w.sample("onair_sessions", &[("state", state)], *n as f64);
         }
-        w.family(
-            "onair_session_bytes_sent_total",
-            MetricType::Counter,
-            "Bytes sent to the ingest.",
-        );
+        // Totals only: session ids are not exposed on this unauthenticated endpoint.
+        let (mut bytes, mut dropped) = (0u64, 0u64);
         for id in &active {
             if let Some(st) = self.0.session_stats(id) {
-                w.sample(
-                    "onair_session_bytes_sent_total",
-                    &[("session", id)],
-                    st.bytes_sent as f64,
-                );
+                bytes += st.bytes_sent;
+                dropped += st.frames_dropped;
             }
         }
         w.family(
-            "onair_session_frames_dropped_total",
-            MetricType::Counter,
-            "Frames dropped under congestion.",
+            "onair_egress_bytes_sent",
+            MetricType::Gauge,
+            "Bytes sent to ingests by the live sessions.",
         );
-        for id in &active {
-            if let Some(st) = self.0.session_stats(id) {
-                w.sample(
-                    "onair_session_frames_dropped_total",
-                    &[("session", id)],
-                    st.frames_dropped as f64,
-                );
-            }
-        }
+        w.sample("onair_egress_bytes_sent", &[], bytes as f64);
+        w.family(
+            "onair_egress_frames_dropped",
+            MetricType::Gauge,
+            "Frames dropped under congestion by the live sessions.",
+        );
+        w.sample("onair_egress_frames_dropped", &[], dropped as f64);
     }
 }

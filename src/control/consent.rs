@@ -134,6 +134,40 @@ impl Command {
         }
     }
 
+    /// What the command sets, for the audit log (never a key or a token hash), capped.
+    pub fn detail(&self) -> String {
+        let v = match self {
+            Command::SetEntitlement(e) => serde_json::json!(e),
+            Command::SetPolicy(p) => serde_json::json!(p),
+            Command::CreateSubscriber { name } => serde_json::json!({ "name": name }),
+            Command::CreateToken {
+                role,
+                subscriber,
+                label,
+                ..
+            } => {
+                serde_json::json!({ "role": role, "subscriber": subscriber, "label": label })
+            }
+            Command::CreateProfile(s) | Command::UpdateProfile { spec: s, .. } => {
+                serde_json::json!({
+                    "name": s.name, "service": s.service, "url": s.url, "records": s.destination_records,
+                    "ca_bundle": s.ca_bundle_pem.is_some(), "spki_pin": s.spki_pin, "key_changed": s.stream_key_sealed.is_some(),
+                })
+            }
+            Command::CreateSession {
+                profile_id,
+                meeting_id,
+                source,
+                schedule,
+            } => serde_json::json!({
+                "profile": profile_id, "meeting": meeting_id, "source": source, "schedule": schedule,
+            }),
+            Command::RelayStopped { error: Some(e), .. } => serde_json::json!({ "error": e }),
+            _ => return String::new(),
+        };
+        cap(&v.to_string(), 2048)
+    }
+
     /// Audit target.
     pub fn target(&self) -> String {
         match self {
@@ -166,9 +200,10 @@ pub enum Effect {
         session_id: SessionId,
         gate_mono_ns: u64,
     },
-    StopRelay {
-        session_id: SessionId,
-    },
+    /// Stop the data plane. `abort`: consent was withdrawn (entitlement revoked, profile
+    /// deleted, indicator lost, policy changed): stop sending at once, drop what is queued.
+    /// Otherwise (the owner's stop, a scheduled stop) queued frames may drain briefly.
+    StopRelay { session_id: SessionId, abort: bool },
     /// Tell the owner their session waits for a confirm.
     NotifyAwaiting {
         session_id: SessionId,
@@ -226,6 +261,8 @@ pub struct Outcome {
     pub audit: Vec<AuditRecord>,
     /// Id of what the command created, if anything.
     pub created: Option<String>,
+    /// Nothing to audit or persist (an indicator heartbeat): the new state is kept in memory.
+    pub quiet: bool,
 }
 
 impl Outcome {
@@ -250,12 +287,10 @@ pub fn apply(
     let mut out = Outcome::default();
     let action = cmd.action();
     let target = cmd.target();
+    let detail = cmd.detail();
     match cmd {
         Command::SetEntitlement(e) => set_entitlement(state, actor, e, env.now_ms, &mut out)?,
-        Command::SetPolicy(p) => {
-            require_admin(actor)?;
-            state.policy = p;
-        }
+        Command::SetPolicy(p) => set_policy(state, actor, p, env.now_ms, &mut out)?,
         Command::CreateSubscriber { name } => {
             out.created = Some(create_subscriber(state, actor, name, env)?)
         }
@@ -292,7 +327,7 @@ pub fn apply(
         } => confirm(state, actor, &session_id, &confirm_id, env, &mut out)?,
         Command::Rearm { session_id } => rearm(state, actor, &session_id, env, &mut out)?,
         Command::Stop { session_id } => stop(state, actor, &session_id, env, &mut out)?,
-        Command::Cancel { session_id } => cancel(state, actor, &session_id, env)?,
+        Command::Cancel { session_id } => cancel(state, actor, &session_id, env, &mut out)?,
         Command::IndicatorAck { session_id } => {
             indicator_ack(state, actor, &session_id, env, &mut out)?
         }
@@ -308,19 +343,31 @@ pub fn apply(
             boot(state, env, &mut out);
         }
     }
-    // The command itself first, then what it caused.
-    if !matches!(action, "tick" | "boot") || !out.audit.is_empty() {
+    // The command itself first (with what it set), then what it caused.
+    if !out.quiet && (!matches!(action, "tick" | "boot") || !out.audit.is_empty()) {
         out.audit.insert(
             0,
             AuditRecord {
                 action: action.into(),
-                target: out.created.clone().unwrap_or(target),
+                target: cap(&out.created.clone().unwrap_or(target), 256),
                 outcome: "ok".into(),
-                detail: String::new(),
+                detail,
             },
         );
     }
     Ok(out)
+}
+
+/// At most `max` bytes (on a char boundary): audit fields a caller controls are bounded.
+pub fn cap(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn not_found() -> Denied {
@@ -352,6 +399,44 @@ fn subscriber_of(a: &Actor) -> Result<&SubscriberId, Denied> {
     }
 }
 
+/// A new policy applies to active sessions at once: one whose destination it no longer allows
+/// is stopped (abort).
+fn set_policy(
+    state: &mut State,
+    actor: &Actor,
+    p: Policy,
+    now: i64,
+    out: &mut Outcome,
+) -> Result<(), Denied> {
+    require_admin(actor)?;
+    state.policy = p;
+    let refused: Vec<SessionId> = state
+        .sessions
+        .values()
+        .filter(|s| s.state.is_active())
+        .filter(|s| {
+            state.profiles.get(&s.profile_id).is_none_or(|prof| {
+                std::iter::once(&prof.url)
+                    .chain(prof.backup_url.iter())
+                    .any(|u| destination::validate(&state.policy, prof.service, u).is_err())
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    for id in refused {
+        end_active(
+            state,
+            &id,
+            StopReason::Fail {
+                reason: "policy_changed".into(),
+            },
+            now,
+            out,
+        );
+    }
+    Ok(())
+}
+
 fn set_entitlement(
     state: &mut State,
     actor: &Actor,
@@ -361,9 +446,16 @@ fn set_entitlement(
 ) -> Result<(), Denied> {
     require_admin(actor)?;
     state.entitlement = e;
-    if !e.enabled {
-        let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
-        for id in ids {
+    let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
+    for id in ids {
+        let records = state
+            .sessions
+            .get(&id)
+            .and_then(|s| state.profiles.get(&s.profile_id))
+            .is_some_and(|p| p.destination_records);
+        // Off: everything stops. Recording no longer allowed: what goes to a recording
+        // destination stops.
+        if !e.enabled || (records && !e.recording_allowed) {
             end_active(
                 state,
                 &id,
@@ -531,6 +623,12 @@ fn check_profile(policy: &Policy, spec: &ProfileSpec) -> Result<(String, Option<
     Ok((url, backup))
 }
 
+/// Public services keep the stream (VOD/DVR): a subscriber cannot declare one non-recording.
+/// Only a custom (private) destination's owner says whether it records.
+fn records(records: bool, service: Service) -> bool {
+    records || service != Service::Custom
+}
+
 fn create_profile(
     state: &mut State,
     actor: &Actor,
@@ -555,7 +653,7 @@ fn create_profile(
             stream_key_sealed: key,
             ca_bundle_pem: spec.ca_bundle_pem,
             spki_pin: spec.spki_pin,
-            destination_records: spec.destination_records,
+            destination_records: records(spec.destination_records, spec.service),
             created_ms: env.now_ms,
         },
     );
@@ -602,7 +700,7 @@ fn update_profile(
     }
     p.ca_bundle_pem = spec.ca_bundle_pem;
     p.spki_pin = spec.spki_pin;
-    p.destination_records = spec.destination_records;
+    p.destination_records = records(spec.destination_records, spec.service);
     Ok(())
 }
 
@@ -800,6 +898,17 @@ fn confirm(
     if env.now_ms >= *expires_ms {
         return deny(DenyCode::Conflict, "the confirmation window has expired");
     }
+    if let Schedule::At {
+        stop_ms: Some(stop),
+        ..
+    } = s.schedule
+        && env.now_ms >= stop
+    {
+        return deny(
+            DenyCode::Conflict,
+            "the session's scheduled stop time has passed",
+        );
+    }
     if !crate::secret::Secret::new(expected.clone()).ct_eq(confirm_id) {
         return deny(
             DenyCode::Conflict,
@@ -815,6 +924,9 @@ fn confirm(
     let ack_deadline_ms = env
         .now_ms
         .saturating_add(i64::try_from(policy.indicator_ack_timeout_ms).unwrap_or(i64::MAX));
+    let ack_deadline_mono_ns = env
+        .mono_ns
+        .saturating_add(policy.indicator_ack_timeout_ms.saturating_mul(1_000_000));
     out.effects.push(Effect::Indicator {
         session_id: s.id.clone(),
         meeting_id: s.meeting_id.clone(),
@@ -826,6 +938,7 @@ fn confirm(
         SessionState::Starting {
             consent,
             ack_deadline_ms,
+            ack_deadline_mono_ns,
         },
         env.now_ms,
         out,
@@ -898,7 +1011,13 @@ fn stop(
     Ok(())
 }
 
-fn cancel(state: &mut State, actor: &Actor, id: &str, env: &mut Env) -> Result<(), Denied> {
+fn cancel(
+    state: &mut State,
+    actor: &Actor,
+    id: &str,
+    env: &mut Env,
+    out: &mut Outcome,
+) -> Result<(), Denied> {
     let s = session_for(state, actor, id, true)?;
     if !matches!(
         s.state,
@@ -914,8 +1033,7 @@ fn cancel(state: &mut State, actor: &Actor, id: &str, env: &mut Env) -> Result<(
             ),
         );
     }
-    let mut scratch = Outcome::default();
-    set_state(s, SessionState::Cancelled, env.now_ms, &mut scratch);
+    set_state(s, SessionState::Cancelled, env.now_ms, out);
     Ok(())
 }
 
@@ -931,8 +1049,17 @@ fn end_active(state: &mut State, id: &str, reason: StopReason, now: i64, out: &m
             set_state(s, final_state(&reason), now, out);
         }
         SessionState::Live { .. } => {
+            let abort = !matches!(
+                reason,
+                StopReason::End {
+                    reason: EndReason::Requested
+                        | EndReason::ScheduledStop
+                        | EndReason::SourceEnded
+                }
+            );
             out.effects.push(Effect::StopRelay {
                 session_id: s.id.clone(),
+                abort,
             });
             set_state(s, SessionState::Stopping { reason }, now, out);
         }
@@ -962,8 +1089,28 @@ fn indicator_ack(
             "only the fabric acknowledges the indicator",
         );
     }
+    // Recording must still be allowed when media is about to leave (the admin may have
+    // changed it since the confirm).
+    let records = state
+        .sessions
+        .get(id)
+        .and_then(|s| state.profiles.get(&s.profile_id))
+        .is_some_and(|p| p.destination_records);
+    let recording_refused = records && !state.entitlement.recording_allowed;
     let s = state.sessions.get_mut(id).ok_or_else(not_found)?;
     match &s.state {
+        SessionState::Starting { .. } if recording_refused => {
+            out.effects.push(indicator_off(s));
+            set_state(
+                s,
+                SessionState::Failed {
+                    reason: "recording_not_allowed".into(),
+                },
+                env.now_ms,
+                out,
+            );
+            Ok(())
+        }
         SessionState::Starting { consent, .. } => {
             let consent = consent.clone();
             out.effects.push(Effect::StartRelay {
@@ -976,17 +1123,25 @@ fn indicator_ack(
                     consent,
                     since_ms: env.now_ms,
                     last_ack_ms: env.now_ms,
+                    last_ack_mono_ns: env.mono_ns,
                 },
                 env.now_ms,
                 out,
             );
             Ok(())
         }
-        SessionState::Live { last_ack_ms, .. } => {
-            let refreshed = env.now_ms.max(*last_ack_ms);
-            if let SessionState::Live { last_ack_ms, .. } = &mut s.state {
-                *last_ack_ms = refreshed;
+        SessionState::Live { .. } => {
+            // A heartbeat: kept in memory, not audited (one per second per session).
+            if let SessionState::Live {
+                last_ack_ms,
+                last_ack_mono_ns,
+                ..
+            } = &mut s.state
+            {
+                *last_ack_ms = env.now_ms.max(*last_ack_ms);
+                *last_ack_mono_ns = env.mono_ns.max(*last_ack_mono_ns);
             }
+            out.quiet = true;
             Ok(())
         }
         SessionState::Stopping { .. } => Ok(()),
@@ -1015,6 +1170,13 @@ fn relay_stopped(
         },
         _ => return Ok(()),
     };
+    if matches!(s.state, SessionState::Live { .. }) {
+        // An egress ended by itself: make sure nothing of that relay keeps sending.
+        out.effects.push(Effect::StopRelay {
+            session_id: s.id.clone(),
+            abort: true,
+        });
+    }
     // The indicator goes off only now: after the last byte has left.
     out.effects.push(indicator_off(s));
     set_state(s, next, env.now_ms, out);
@@ -1029,8 +1191,8 @@ enum Due {
     Stop(StopReason),
 }
 
-fn due(s: &Session, policy: &Policy, entitled: bool, now: i64) -> Option<Due> {
-    let grace = i64::try_from(policy.indicator_grace_ms).unwrap_or(i64::MAX);
+fn due(s: &Session, policy: &Policy, entitled: bool, now: i64, mono_ns: u64) -> Option<Due> {
+    let grace_ns = policy.indicator_grace_ms.saturating_mul(1_000_000);
     match (&s.state, &s.schedule) {
         (SessionState::Scheduled, Schedule::At { start_ms, .. })
             if *start_ms <= now && entitled =>
@@ -1042,12 +1204,18 @@ fn due(s: &Session, policy: &Policy, entitled: bool, now: i64) -> Option<Due> {
         }
         (
             SessionState::Starting {
-                ack_deadline_ms, ..
+                ack_deadline_mono_ns,
+                ..
             },
             _,
-        ) if *ack_deadline_ms <= now => Some(Due::AckTimeout),
-        (SessionState::Live { last_ack_ms, .. }, _)
-            if policy.stop_on_indicator_loss && now.saturating_sub(*last_ack_ms) > grace =>
+        ) if *ack_deadline_mono_ns <= mono_ns => Some(Due::AckTimeout),
+        (
+            SessionState::Live {
+                last_ack_mono_ns, ..
+            },
+            _,
+        ) if policy.stop_on_indicator_loss
+            && mono_ns.saturating_sub(*last_ack_mono_ns) > grace_ns =>
         {
             Some(Due::Stop(StopReason::Fail {
                 reason: "indicator_lost".into(),
@@ -1073,7 +1241,7 @@ fn tick(state: &mut State, env: &mut Env, out: &mut Outcome) {
     let work: Vec<(SessionId, Due)> = state
         .sessions
         .values()
-        .filter_map(|s| due(s, &policy, entitled, now).map(|d| (s.id.clone(), d)))
+        .filter_map(|s| due(s, &policy, entitled, now, env.mono_ns).map(|d| (s.id.clone(), d)))
         .collect();
     for (id, d) in work {
         if let Due::Stop(reason) = d {
@@ -1112,10 +1280,15 @@ fn indicator_off(s: &Session) -> Effect {
 }
 
 fn boot(state: &mut State, env: &mut Env, out: &mut Outcome) {
+    let policy = state.policy.clone();
     for s in state.sessions.values_mut() {
         if s.state.is_active() {
             out.effects.push(indicator_off(s));
             set_state(s, SessionState::Interrupted, env.now_ms, out);
+        } else if matches!(s.state, SessionState::AwaitingConfirmation { .. }) {
+            // A confirm id from before the restart is void (and its expiry may rest on a wall
+            // clock that stepped): a new wait, with a new id.
+            await_confirmation(s, &policy, env, out);
         }
     }
 }

@@ -255,7 +255,8 @@ fn adhoc_flow_confirm_ack_live_stop_ended() {
     assert_eq!(
         o.effects,
         vec![Effect::StopRelay {
-            session_id: s.clone()
+            session_id: s.clone(),
+            abort: false
         }]
     );
     assert_eq!(w.session(&s).state.name(), "stopping");
@@ -404,7 +405,8 @@ fn indicator_lost_while_live_stops_egress() {
     assert_eq!(
         o.effects,
         vec![Effect::StopRelay {
-            session_id: s.clone()
+            session_id: s.clone(),
+            abort: true
         }]
     );
     w.ok(
@@ -440,7 +442,8 @@ fn entitlement_revoked_stops_everything_active() {
     let admin = w.admin.clone();
     let o = w.ok(&admin, Command::SetEntitlement(Entitlement::default()));
     assert!(o.effects.contains(&Effect::StopRelay {
-        session_id: live.clone()
+        session_id: live.clone(),
+        abort: true
     }));
     assert_eq!(
         w.session(&starting).state,
@@ -461,7 +464,8 @@ fn deleting_the_profile_stops_its_sessions() {
     let p = w.profiles[0].clone();
     let o = w.ok(&a, Command::DeleteProfile { id: p });
     assert!(o.effects.contains(&Effect::StopRelay {
-        session_id: live.clone()
+        session_id: live.clone(),
+        abort: true
     }));
     assert_eq!(w.session(&waiting).state, SessionState::Cancelled);
 }
@@ -636,6 +640,182 @@ fn subscribers_cannot_see_each_others_objects() {
             .map(|d| d.code),
         Some(DenyCode::Forbidden)
     );
+}
+
+#[test]
+fn a_wall_clock_step_back_does_not_extend_the_indicator_grace() {
+    // Regression: grace was checked on the wall clock; a step back of an hour kept egress
+    // running for an hour without acknowledgements.
+    let mut w = World::new();
+    w.enable();
+    let s = w.go_live(0);
+    w.now_ms -= 3_600_000; // NTP steps the clock back
+    w.mono_ns += 5_001 * 1_000_000; // 5 s pass for real
+    let o = w.tick();
+    assert_eq!(
+        o.effects,
+        vec![Effect::StopRelay {
+            session_id: s,
+            abort: true
+        }]
+    );
+}
+
+#[test]
+fn heartbeats_are_not_audited() {
+    let mut w = World::new();
+    w.enable();
+    let s = w.go_live(0);
+    let f = w.fabric.clone();
+    w.advance(1_000);
+    let o = w.ok(
+        &f,
+        Command::IndicatorAck {
+            session_id: s.clone(),
+        },
+    );
+    assert!(o.quiet && o.audit.is_empty() && o.effects.is_empty());
+}
+
+#[test]
+fn presets_always_record_and_revoking_recording_stops_them() {
+    let mut w = World::new();
+    w.enable();
+    assert!(
+        w.state.profiles[&w.profiles[0]].destination_records,
+        "a YouTube profile declared non-recording"
+    );
+    let s = w.go_live(0);
+    let admin = w.admin.clone();
+    let o = w.ok(
+        &admin,
+        Command::SetEntitlement(Entitlement {
+            enabled: true,
+            recording_allowed: false,
+        }),
+    );
+    assert_eq!(
+        o.effects,
+        vec![Effect::StopRelay {
+            session_id: s.clone(),
+            abort: true
+        }]
+    );
+}
+
+#[test]
+fn a_policy_change_stops_sessions_it_no_longer_allows() {
+    let mut w = World::new();
+    w.enable();
+    let s = w.go_live(0);
+    let admin = w.admin.clone();
+    let strict = Policy {
+        allowed_services: vec![Service::Vimeo],
+        ..Policy::default()
+    };
+    let o = w.ok(&admin, Command::SetPolicy(strict));
+    assert_eq!(
+        o.effects,
+        vec![Effect::StopRelay {
+            session_id: s.clone(),
+            abort: true
+        }]
+    );
+    w.ok(
+        &Actor::system(),
+        Command::RelayStopped {
+            session_id: s.clone(),
+            error: None,
+        },
+    );
+    assert_eq!(
+        w.session(&s).state,
+        SessionState::Failed {
+            reason: "policy_changed".into()
+        }
+    );
+}
+
+#[test]
+fn boot_voids_confirm_ids_issued_before_the_restart() {
+    let mut w = World::new();
+    w.enable();
+    let s = w.adhoc(0);
+    let old = w.confirm_id(&s);
+    w.ok(&Actor::system(), Command::Boot);
+    let new = w.confirm_id(&s);
+    assert_ne!(old, new);
+    let a = w.subs[0].clone();
+    let r = w.apply(
+        &a,
+        Command::Confirm {
+            session_id: s.clone(),
+            confirm_id: old,
+        },
+    );
+    assert_eq!(r.err().map(|d| d.code), Some(DenyCode::Conflict));
+}
+
+#[test]
+fn a_confirm_after_the_scheduled_stop_is_refused() {
+    let mut w = World::new();
+    w.enable();
+    let a = w.subs[0].clone();
+    let p = w.profiles[0].clone();
+    let sched = Schedule::At {
+        start_ms: T0,
+        stop_ms: Some(T0 + 10_000),
+    };
+    let s = w
+        .ok(
+            &a,
+            Command::CreateSession {
+                profile_id: p,
+                meeting_id: "m".into(),
+                source: "udp://127.0.0.1:5000".into(),
+                schedule: sched,
+            },
+        )
+        .created
+        .expect("id");
+    let cid = w.confirm_id(&s);
+    w.now_ms += 10_000;
+    let r = w.apply(
+        &a,
+        Command::Confirm {
+            session_id: s,
+            confirm_id: cid,
+        },
+    );
+    assert_eq!(r.err().map(|d| d.code), Some(DenyCode::Conflict));
+}
+
+#[test]
+fn audit_records_what_a_command_set_and_caps_caller_input() {
+    let mut w = World::new();
+    let admin = w.admin.clone();
+    let o = w.ok(
+        &admin,
+        Command::SetEntitlement(Entitlement {
+            enabled: true,
+            recording_allowed: false,
+        }),
+    );
+    assert!(
+        o.audit[0].detail.contains("\"enabled\":true"),
+        "{}",
+        o.audit[0].detail
+    );
+    let long = "x".repeat(60_000);
+    let a = w.subs[0].clone();
+    let r = w.apply(
+        &a,
+        Command::Stop {
+            session_id: long.clone(),
+        },
+    );
+    assert!(r.is_err());
+    assert!(cap(&long, 256).len() <= 256 + 3);
 }
 
 // ---- property tests ----

@@ -55,7 +55,7 @@ impl Actor {
 
     pub fn name(&self) -> String {
         match (&self.subscriber, self.role) {
-            (Some(s), _) => format!("subscriber:{s}"),
+            (Some(s), _) => format!("subscriber:{s}/token:{}", self.token_id),
             (None, Role::System) => "system".into(),
             (None, r) => format!("{}:{}", r.as_str(), self.token_id),
         }
@@ -212,11 +212,16 @@ pub enum SessionState {
     Starting {
         consent: Consent,
         ack_deadline_ms: i64,
+        /// The same deadline on the monotonic clock (what the timer checks: a wall-clock
+        /// step cannot extend it).
+        ack_deadline_mono_ns: u64,
     },
     Live {
         consent: Consent,
         since_ms: i64,
         last_ack_ms: i64,
+        /// Last acknowledgement on the monotonic clock (what the grace period is checked on).
+        last_ack_mono_ns: u64,
     },
     Stopping {
         reason: StopReason,

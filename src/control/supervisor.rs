@@ -44,6 +44,9 @@ impl Clocks for RealClocks {
 pub struct IndicatorEvent {
     pub session_id: SessionId,
     pub meeting_id: String,
+    /// The fabric source the session ingests: the fabric acknowledges only for a meeting it
+    /// really sends there.
+    pub source: String,
     pub streaming: bool,
     pub recording: bool,
 }
@@ -87,6 +90,8 @@ enum Request {
     Refusal { actor: Actor, record: AuditRecord },
     RelayEnded {
         session_id: SessionId,
+        /// The relay's generation (0: no relay was running).
+        generation: u64,
         error: Option<String>,
     },
 }
@@ -198,6 +203,9 @@ pub fn start(store: Store, clocks: Arc<dyn Clocks>, config: SupervisorConfig) ->
         clocks,
         config,
         relays: HashMap::new(),
+        stopping: HashMap::new(),
+        next_gen: 0,
+        pending_ends: Vec::new(),
         tx,
     };
     sup.run_command(&Actor::system(), Command::Boot)
@@ -282,7 +290,13 @@ struct Supervisor {
     control: Control,
     clocks: Arc<dyn Clocks>,
     config: SupervisorConfig,
-    relays: HashMap<SessionId, Relay>,
+    /// Running relays, with the generation they were started as.
+    relays: HashMap<SessionId, (u64, Relay)>,
+    /// Relays being stopped in the background (their end is reported later).
+    stopping: HashMap<SessionId, u64>,
+    next_gen: u64,
+    /// Relay ends whose `RelayStopped` could not be committed: retried every tick.
+    pending_ends: Vec<(SessionId, Option<String>)>,
     tx: mpsc::Sender<Request>,
 }
 
@@ -293,26 +307,45 @@ impl Supervisor {
         loop {
             tokio::select! {
                 req = rx.recv() => match req {
-                    Some(Request::Command { actor, cmd, reply }) => {
-                        let r = self.run_command(&actor, cmd);
-                        let _ = reply.send(r);
-                    }
-                                        Some(Request::Refusal { actor, record }) => {
-                        let now_ms = self.clocks.now_ms();
-                        if let Err(e) = self.commit(Batch::new().audit(entry(&actor, now_ms, &record))) {
-                            tracing::error!(error = %e, "audit of a refusal failed");
-                        }
-                    }
-                    Some(Request::RelayEnded { session_id, error }) => {
-                        let _ = self.run_command(&Actor::system(), Command::RelayStopped { session_id, error });
-                    }
+                    Some(req) => self.handle(req),
                     None => break,
                 },
                 _ = tick.tick() => {
                     let _ = self.run_command(&Actor::system(), Command::Tick);
+                    self.retry_pending_ends();
                     self.watch_relays();
                 }
             }
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Command { actor, cmd, reply } => {
+                if reply.is_closed() {
+                    // The caller gave up (request timeout): a confirm it saw fail must not
+                    // take effect later.
+                    tracing::warn!(
+                        action = cmd.action(),
+                        "request abandoned by its caller; not applied"
+                    );
+                    return;
+                }
+                let r = self.run_command(&actor, cmd);
+                let _ = reply.send(r);
+            }
+            Request::Refusal { actor, record } => {
+                let now_ms = self.clocks.now_ms();
+                if let Err(e) = self.commit(Batch::new().audit(entry(&actor, now_ms, &record))) {
+                    tracing::error!(error = %e, "audit of a refusal failed");
+                    self.fail_safe();
+                }
+            }
+            Request::RelayEnded {
+                session_id,
+                generation,
+                error,
+            } => self.relay_ended(session_id, generation, error),
         }
     }
 
@@ -329,6 +362,11 @@ impl Supervisor {
         let (action, target) = (cmd.action(), cmd.target());
         match consent::apply(&mut next, actor, cmd, &mut env) {
             Ok(outcome) => {
+                if outcome.quiet {
+                    // A heartbeat: in memory only (a restart interrupts live sessions anyway).
+                    self.publish(next);
+                    return Ok(outcome);
+                }
                 if outcome.audit.is_empty() && next == self.state {
                     return Ok(outcome); // a tick with nothing due
                 }
@@ -336,11 +374,11 @@ impl Supervisor {
                 for r in &outcome.audit {
                     batch = batch.audit(entry(actor, now_ms, r));
                 }
-                self.commit(batch).map_err(Refused::Store)?;
-                self.state = next;
-                if let Ok(mut s) = self.control.state.write() {
-                    *s = self.state.clone();
+                if let Err(e) = self.commit(batch) {
+                    self.fail_safe();
+                    return Err(Refused::Store(e));
                 }
+                self.publish(next);
                 for e in &outcome.effects {
                     self.effect(e);
                 }
@@ -349,15 +387,24 @@ impl Supervisor {
             Err(denied) => {
                 let r = AuditRecord {
                     action: action.into(),
-                    target,
+                    target: consent::cap(&target, 256),
                     outcome: format!("denied:{}", denied.code.as_str()),
                     detail: denied.message.clone(),
                 };
                 // A refusal is audited too; if even that cannot be written, say so.
-                self.commit(Batch::new().audit(entry(actor, now_ms, &r)))
-                    .map_err(Refused::Store)?;
+                if let Err(e) = self.commit(Batch::new().audit(entry(actor, now_ms, &r))) {
+                    self.fail_safe();
+                    return Err(Refused::Store(e));
+                }
                 Err(Refused::Denied(denied))
             }
+        }
+    }
+
+    fn publish(&mut self, next: State) {
+        self.state = next;
+        if let Ok(mut s) = self.control.state.write() {
+            *s = self.state.clone();
         }
     }
 
@@ -370,6 +417,23 @@ impl Supervisor {
         store.commit(batch).map(|_| ())
     }
 
+    /// The store cannot record what happens: consent can no longer be audited or withdrawn
+    /// durably, so every relay is aborted now (fail safe). Commands keep failing with 503
+    /// until the store works again.
+    fn fail_safe(&mut self) {
+        if self.relays.is_empty() {
+            return;
+        }
+        tracing::error!(
+            relays = self.relays.len(),
+            "store failure: aborting every relay (fail safe)"
+        );
+        let ids: Vec<SessionId> = self.relays.keys().cloned().collect();
+        for id in ids {
+            self.stop_relay(&id, true);
+        }
+    }
+
     fn effect(&mut self, e: &Effect) {
         match e {
             Effect::Indicator {
@@ -378,9 +442,16 @@ impl Supervisor {
                 on,
                 recording,
             } => {
+                let source = self
+                    .state
+                    .sessions
+                    .get(session_id)
+                    .map(|s| s.source.clone())
+                    .unwrap_or_default();
                 let ev = IndicatorEvent {
                     session_id: session_id.clone(),
                     meeting_id: meeting_id.clone(),
+                    source,
                     streaming: *on,
                     recording: *recording,
                 };
@@ -398,7 +469,7 @@ impl Supervisor {
                 session_id,
                 gate_mono_ns,
             } => self.start_relay(session_id, *gate_mono_ns),
-            Effect::StopRelay { session_id } => self.stop_relay(session_id, None),
+            Effect::StopRelay { session_id, abort } => self.stop_relay(session_id, *abort),
             Effect::NotifyAwaiting {
                 session_id,
                 expires_ms,
@@ -410,15 +481,20 @@ impl Supervisor {
     }
 
     fn start_relay(&mut self, session_id: &str, gate_mono_ns: u64) {
-        let result = self.build_relay(session_id, gate_mono_ns);
-        match result {
+        if let Some((_, old)) = self.relays.remove(session_id) {
+            // Never two relays for one session.
+            tokio::spawn(old.abort());
+        }
+        match self.build_relay(session_id, gate_mono_ns) {
             Ok(relay) => {
-                tracing::info!(session = %session_id, "relay started");
-                self.relays.insert(session_id.to_string(), relay);
+                self.next_gen += 1;
+                tracing::info!(session = %session_id, generation = self.next_gen, "relay started");
+                self.relays
+                    .insert(session_id.to_string(), (self.next_gen, relay));
             }
             Err(e) => {
                 tracing::error!(session = %session_id, error = %e, "relay could not start");
-                self.report_ended(session_id, Some(e.to_string()));
+                self.report_ended(session_id, 0, Some(e.to_string()));
             }
         }
     }
@@ -477,60 +553,120 @@ impl Supervisor {
         })
     }
 
-    /// Stops a relay in the background; its end is reported as `RelayStopped`.
-    fn stop_relay(&mut self, session_id: &str, error: Option<String>) {
-        let Some(relay) = self.relays.remove(session_id) else {
-            self.report_ended(session_id, error);
+    /// Stops a relay in the background (`abort`: at once; otherwise drain ≤ 1 s); its end is
+    /// reported as `RelayEnded` with its generation. A relay already being stopped reports by
+    /// itself; with no relay at all, the end is reported now.
+    fn stop_relay(&mut self, session_id: &str, abort: bool) {
+        let Some((generation, relay)) = self.relays.remove(session_id) else {
+            if !self.stopping.contains_key(session_id) {
+                self.report_ended(session_id, 0, None);
+            }
             return;
         };
+        self.stopping.insert(session_id.to_string(), generation);
         let tx = self.tx.clone();
         let id = session_id.to_string();
         tokio::spawn(async move {
-            let results = relay.stop().await;
-            let err = error.or_else(|| {
-                results
-                    .into_iter()
-                    .find_map(|r| r.err().map(|e| e.to_string()))
-            });
+            let results = if abort {
+                relay.abort().await
+            } else {
+                relay.stop().await
+            };
+            let error = results
+                .into_iter()
+                .find_map(|r| r.err().map(|e| e.to_string()));
             let _ = tx
                 .send(Request::RelayEnded {
                     session_id: id,
-                    error: err,
-                })
-                .await;
-        });
-    }
-
-    fn report_ended(&self, session_id: &str, error: Option<String>) {
-        let tx = self.tx.clone();
-        let id = session_id.to_string();
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Request::RelayEnded {
-                    session_id: id,
+                    generation,
                     error,
                 })
                 .await;
         });
     }
 
-    /// Refreshes stats; a relay whose egress ended by itself (hard failure) is stopped.
+    fn report_ended(&self, session_id: &str, generation: u64, error: Option<String>) {
+        let tx = self.tx.clone();
+        let id = session_id.to_string();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Request::RelayEnded {
+                    session_id: id,
+                    generation,
+                    error,
+                })
+                .await;
+        });
+    }
+
+    /// A relay ended. Ends of relays that are not the session's current one are stale.
+    fn relay_ended(&mut self, session_id: SessionId, generation: u64, error: Option<String>) {
+        if generation != 0 {
+            if self.stopping.get(&session_id) != Some(&generation) {
+                tracing::debug!(session = %session_id, generation, "stale relay end ignored");
+                return;
+            }
+            self.stopping.remove(&session_id);
+        }
+        if self.relays.contains_key(&session_id) {
+            // A newer relay runs for this session: this end belongs to an older one.
+            return;
+        }
+        let cmd = Command::RelayStopped {
+            session_id: session_id.clone(),
+            error: error.clone(),
+        };
+        if self.run_command(&Actor::system(), cmd).is_err() {
+            self.pending_ends.push((session_id, error));
+        }
+    }
+
+    fn retry_pending_ends(&mut self) {
+        for (id, error) in std::mem::take(&mut self.pending_ends) {
+            let cmd = Command::RelayStopped {
+                session_id: id.clone(),
+                error: error.clone(),
+            };
+            if self.run_command(&Actor::system(), cmd).is_err() {
+                self.pending_ends.push((id, error));
+            }
+        }
+    }
+
+    /// Refreshes stats; stops a relay whose every egress ended by itself (a failing backup does
+    /// not end a healthy primary), and aborts any relay whose session is not live (defense).
     fn watch_relays(&mut self) {
         let mut ended = Vec::new();
+        let mut orphans = Vec::new();
         let mut stats = HashMap::new();
-        for (id, r) in &self.relays {
-            let c = r.core_stats();
-            let e = r.egress_stats();
-            stats.insert(id.clone(), session_stats(&c, &e));
-            if r.egresses().iter().any(egress::EgressHandle::is_finished) {
+        for (id, (_, r)) in &self.relays {
+            stats.insert(
+                id.clone(),
+                session_stats(&r.core_stats(), &r.egress_stats()),
+            );
+            if !r.egresses().is_empty()
+                && r.egresses().iter().all(egress::EgressHandle::is_finished)
+            {
                 ended.push(id.clone());
+            }
+            let live = self
+                .state
+                .sessions
+                .get(id)
+                .is_some_and(|s| matches!(s.state, SessionState::Live { .. }));
+            if !live {
+                orphans.push(id.clone());
             }
         }
         if let Ok(mut m) = self.control.stats.write() {
             *m = stats;
         }
         for id in ended {
-            self.stop_relay(&id, None);
+            self.stop_relay(&id, false);
+        }
+        for id in orphans {
+            tracing::error!(session = %id, "a relay ran for a session that is not live: aborted");
+            self.stop_relay(&id, true);
         }
     }
 }

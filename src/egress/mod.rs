@@ -318,6 +318,15 @@ struct Driver {
     headers: HeaderCache,
 }
 
+/// SO_LINGER {on, 0} on a connected socket.
+fn socket2_linger_zero(tcp: &TcpStream) -> nix::Result<()> {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::Linger, &linger)
+}
+
 /// A publish that lasted this long counts as established (the backoff schedule resets).
 const STABLE_PUBLISH: Duration = Duration::from_secs(10);
 
@@ -482,6 +491,9 @@ impl Driver {
             .map_err(|_| crate::err!(Unavailable, "connect to {url}: timed out"))?
             .map_err(|e| Error::from_net(&format!("connect to {url}"), &e))?;
         let _ = tcp.set_nodelay(true);
+        // Closing resets the connection: an aborted egress must not keep flushing what sits in
+        // the kernel's send buffer (a graceful stop has drained and seen the server close first).
+        let _ = socket2_linger_zero(&tcp);
         let Some(config) = &self.tls else {
             return Ok(Box::new(tcp));
         };

@@ -373,6 +373,11 @@ impl MediaCore {
             if !self.held.is_empty() {
                 // The audio config the held keyframe was waiting for.
                 self.start_with_held(out);
+                if before_gate {
+                    // It configures the stream, but it began arriving before the gate.
+                    self.stats.dropped_before_start += 1;
+                    return;
+                }
             } else if !audio_only || before_gate {
                 self.stats.dropped_before_start += 1;
                 return;

@@ -369,6 +369,8 @@ pub struct World {
     pub sub_b: String,
     pub tok_a: String,
     pub tok_b: String,
+    pub tok_a_id: String,
+    pub tok_b_id: String,
     pub fabric: String,
     pub fabric_id: String,
     pub profile_a: String,
@@ -389,7 +391,8 @@ impl World {
         svc.ok(
             "PUT",
             "/v1/entitlement",
-            Some(&json!({ "enabled": true, "recording_allowed": false })),
+            // YouTube keeps the stream, so recording must be allowed for A's profile to confirm.
+            Some(&json!({ "enabled": true, "recording_allowed": true })),
         )
         .await;
         let sub = |name: &'static str| {
@@ -403,8 +406,8 @@ impl World {
         };
         let sub_a = sub("Alice").await;
         let sub_b = sub("Bob").await;
-        let (_, tok_a) = svc.token("subscriber", Some(&sub_a)).await;
-        let (_, tok_b) = svc.token("subscriber", Some(&sub_b)).await;
+        let (tok_a_id, tok_a) = svc.token("subscriber", Some(&sub_a)).await;
+        let (tok_b_id, tok_b) = svc.token("subscriber", Some(&sub_b)).await;
         let (fabric_id, fabric) = svc.token("fabric", None).await;
         let key_a = format!("live-A-{}", random_hex(8));
         let p = svc
@@ -438,6 +441,8 @@ impl World {
             sub_b,
             tok_a,
             tok_b,
+            tok_a_id,
+            tok_b_id,
             fabric,
             fabric_id,
             profile_a,

@@ -277,8 +277,14 @@ fn endpoints(w: &World) -> Vec<Endpoint> {
 /// The token of a caller with a valid token, and its audit actor name.
 fn identity(w: &World, c: Caller) -> (String, String) {
     match c {
-        Caller::SubA => (w.tok_a.clone(), format!("subscriber:{}", w.sub_a)),
-        Caller::SubB => (w.tok_b.clone(), format!("subscriber:{}", w.sub_b)),
+        Caller::SubA => (
+            w.tok_a.clone(),
+            format!("subscriber:{}/token:{}", w.sub_a, w.tok_a_id),
+        ),
+        Caller::SubB => (
+            w.tok_b.clone(),
+            format!("subscriber:{}/token:{}", w.sub_b, w.tok_b_id),
+        ),
         Caller::Fabric => (w.fabric.clone(), format!("fabric:{}", w.fabric_id)),
         Caller::Admin => (w.svc.admin.clone(), format!("admin:{}", w.svc.admin_id)),
         _ => unreachable!("no identity for {c:?}"),

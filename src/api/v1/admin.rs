@@ -62,14 +62,19 @@ async fn put_policy(
     State(v1): State<V1>,
     StrictJson(policy): StrictJson<Policy>,
 ) -> Result<StrictJson<Policy>, ApiError> {
-    for c in &policy.allowed_cidrs {
-        if crate::control::destination::Cidr::parse(c).is_none() {
-            return Err(ApiError::invalid_argument(format!(
-                "allowed_cidrs: {c:?} is not a CIDR"
-            )));
-        }
+    let who = actor(&p, peer);
+    if let Some(c) = policy
+        .allowed_cidrs
+        .iter()
+        .find(|c| crate::control::destination::Cidr::parse(c).is_none())
+    {
+        let e = ApiError::invalid_argument(format!(
+            "allowed_cidrs: {:?} is not a CIDR",
+            crate::control::consent::cap(c, 64)
+        ));
+        return Err(super::refuse(&v1, who, "policy.set", "", e).await);
     }
-    submit(&v1, actor(&p, peer), Command::SetPolicy(policy.clone())).await?;
+    submit(&v1, who, Command::SetPolicy(policy.clone())).await?;
     Ok(StrictJson(policy))
 }
 
@@ -181,10 +186,10 @@ async fn create_token(
     StrictJson(body): StrictJson<NewToken>,
 ) -> Result<(StatusCode, StrictJson<CreatedToken>), ApiError> {
     // The role is checked by the state machine, so that a refused attempt is audited.
+    let who = actor(&p, peer);
     if body.label.len() > 200 || body.label.chars().any(char::is_control) {
-        return Err(ApiError::invalid_argument(
-            "label: at most 200 characters, no control characters",
-        ));
+        let e = ApiError::invalid_argument("label: at most 200 characters, no control characters");
+        return Err(super::refuse(&v1, who, "token.create", "", e).await);
     }
     let token = crate::store::new_token()?;
     let hash = crate::store::hash_token(token.expose());
@@ -194,7 +199,7 @@ async fn create_token(
         label: body.label,
         hash,
     };
-    let out = submit(&v1, actor(&p, peer), cmd).await?;
+    let out = submit(&v1, who, cmd).await?;
     Ok((
         StatusCode::CREATED,
         StrictJson(CreatedToken {

@@ -51,6 +51,8 @@ async fn events(p: Principal, State(v1): State<V1>) -> Result<Response, ApiError
     require(&p, &[ApiRole::Fabric])?;
     let (now, mut changes) = v1.control.indicators();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let control = v1.control.clone();
+    let token_id = p.token_id.clone();
     tokio::spawn(async move {
         for ev in &now {
             if tx.send(sse(ev)).await.is_err() {
@@ -69,6 +71,13 @@ async fn events(p: Principal, State(v1): State<V1>) -> Result<Response, ApiError
             };
             if tx.send(item).await.is_err() {
                 return; // the fabric went away
+            }
+            // A revoked token's stream ends (checked at least every keep-alive period).
+            if !control
+                .read(|s| s.tokens.contains_key(&token_id))
+                .unwrap_or(false)
+            {
+                return;
             }
         }
     });
