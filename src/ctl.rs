@@ -337,21 +337,6 @@ pub async fn connect(t: &Target, trust: &Trust) -> Result<Box<dyn Conn>> {
 
 async fn exchange(opts: &Options) -> Result<HttpResponse> {
     let t = &opts.target;
-    let tcp = TcpStream::connect((t.host.as_str(), t.port))
-        .await
-        .map_err(|e| Error::from_net(&format!("connecting to {}:{}", t.host, t.port), &e))?;
-    let peer = tcp
-        .peer_addr()
-        .map_err(|e| Error::from_net("peer address", &e))?;
-    if (opts.trust == Trust::InsecureLoopback || !t.tls) && !peer.ip().to_canonical().is_loopback()
-    {
-        bail!(
-            Policy,
-            "{} resolved to {}, which is not loopback",
-            t.host,
-            peer.ip()
-        );
-    }
     let req = Request {
         method: opts.method,
         host: &t.host,
@@ -360,18 +345,8 @@ async fn exchange(opts: &Options) -> Result<HttpResponse> {
         token: opts.token.as_ref(),
         body: opts.data.as_deref(),
     };
-    if !t.tls {
-        let mut tcp = tcp;
-        return http::exchange(&mut tcp, &req).await;
-    }
-    let connector = tokio_rustls::TlsConnector::from(client_config(&opts.trust)?);
-    let name = ServerName::try_from(t.host.clone())
-        .map_err(|_| err!(InvalidArgument, "bad host name {:?}", t.host))?;
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| tls_error(&e))?;
-    http::exchange(&mut tls, &req).await
+    let mut conn = connect(t, &opts.trust).await?;
+    http::exchange(&mut conn, &req).await
 }
 
 /// A TLS failure, as a `Certificate` error when verification failed.

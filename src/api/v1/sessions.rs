@@ -198,16 +198,23 @@ async fn confirm(
     Path(id): Path<String>,
     StrictJson(body): StrictJson<ConfirmBody>,
 ) -> Result<StrictJson<SessionView>, ApiError> {
-    submit(
-        &v1,
-        actor(&p, peer),
-        Command::Confirm {
-            session_id: id.clone(),
-            confirm_id: body.confirm_id,
-        },
-    )
-    .await?;
-    Ok(StrictJson(find(&v1, &p, &id)?))
+    let cmd = Command::Confirm {
+        session_id: id.clone(),
+        confirm_id: body.confirm_id,
+    };
+    act(&v1, &p, peer, &id, cmd).await
+}
+
+/// Runs a command on session `id` and answers with the session as it is after.
+async fn act(
+    v1: &V1,
+    p: &Principal,
+    peer: Peer,
+    id: &str,
+    cmd: Command,
+) -> Result<StrictJson<SessionView>, ApiError> {
+    submit(v1, actor(p, peer), cmd).await?;
+    Ok(StrictJson(find(v1, p, id)?))
 }
 
 async fn stop(
@@ -216,15 +223,16 @@ async fn stop(
     State(v1): State<V1>,
     Path(id): Path<String>,
 ) -> Result<StrictJson<SessionView>, ApiError> {
-    submit(
+    act(
         &v1,
-        actor(&p, peer),
+        &p,
+        peer,
+        &id,
         Command::Stop {
             session_id: id.clone(),
         },
     )
-    .await?;
-    Ok(StrictJson(find(&v1, &p, &id)?))
+    .await
 }
 
 async fn cancel(
@@ -233,15 +241,16 @@ async fn cancel(
     State(v1): State<V1>,
     Path(id): Path<String>,
 ) -> Result<StrictJson<SessionView>, ApiError> {
-    submit(
+    act(
         &v1,
-        actor(&p, peer),
+        &p,
+        peer,
+        &id,
         Command::Cancel {
             session_id: id.clone(),
         },
     )
-    .await?;
-    Ok(StrictJson(find(&v1, &p, &id)?))
+    .await
 }
 
 async fn rearm(
@@ -250,13 +259,14 @@ async fn rearm(
     State(v1): State<V1>,
     Path(id): Path<String>,
 ) -> Result<StrictJson<SessionView>, ApiError> {
-    submit(
+    act(
         &v1,
-        actor(&p, peer),
+        &p,
+        peer,
+        &id,
         Command::Rearm {
             session_id: id.clone(),
         },
     )
-    .await?;
-    Ok(StrictJson(find(&v1, &p, &id)?))
+    .await
 }
