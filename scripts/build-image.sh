@@ -2,7 +2,7 @@
 # build-image.sh BOARD — the appliance image for board/BOARD/board.toml, without loop devices
 # or mounts (see docs/image.md):
 #   kernel     the pinned Debian .deb (apt-get download + dpkg-deb -x, never installed)
-#   initramfs  onair as /init, the board's modules with their dependencies, the board file
+#   initramfs  (image/newc.py, reproducible) onair as /init, the board's modules with their dependencies, the board file
 #   root       squashfs: /usr/bin/onair, /etc/onair/board.toml, /etc/os-release (reproducible)
 #   ESP        vfat (mkfs.vfat + mtools): systemd-boot, one UKI per slot (onair-a, onair-b)
 #   data       ext4 made with mke2fs -d (empty state: first boot creates it)
@@ -18,7 +18,7 @@ SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=()
 for pair in genimage:genimage mcopy:mtools mkfs.vfat:dosfstools mksquashfs:squashfs-tools \
     mke2fs:e2fsprogs zstd:zstd bmaptool:bmap-tools objcopy:binutils strings:binutils \
-    dpkg-deb:dpkg busybox:busybox-static; do
+    dpkg-deb:dpkg python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || need+=(systemd-boot-efi)
@@ -28,12 +28,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Before the exports below: build scripts (cc) track such variables, and a different
+# environment from a plain scripts/build-static.sh would rebuild the C dependencies each time.
+echo "==> static onair"
+bin=$(scripts/build-static.sh | tail -1)
+
 # Every timestamp in the image (squashfs, cpio, ESP files): the last commit's time.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export MTOOLS_SKIP_CHECK=1 LC_ALL=C TZ=UTC
 
-echo "==> static onair"
-bin=$(scripts/build-static.sh | tail -1)
 eval "$("$bin" board "board/$board/board.toml")"
 
 out=target/image/$board
@@ -70,7 +73,7 @@ while read -r rel; do
 done < "$ird/lib/modules/onair.load"
 mknod -m 0600 "$ird/dev/console" c 5 1
 find "$ird" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-(cd "$ird" && find . -mindepth 1 | sort | busybox cpio -o -H newc 2>/dev/null) | zstd -q -10 -T2 > "$work/initramfs.cpio.zst"
+image/newc.py "$ird" "$SOURCE_DATE_EPOCH" | zstd -q -10 -T1 > "$work/initramfs.cpio.zst"
 
 echo "==> root squashfs"
 root=$work/root
@@ -101,6 +104,9 @@ for slot in a b; do
     --add-section .linux="$vmlinuz" --change-section-vma .linux=$(printf 0x%x "$linux") \
     --add-section .initrd="$work/initramfs.cpio.zst" --change-section-vma .initrd=$(printf 0x%x "$initrd") \
     "$stub" "$work/onair-$slot.efi"
+  # objcopy stamps the PE header with the current time: set it to SOURCE_DATE_EPOCH.
+  python3 -c 'import struct,sys; f=open(sys.argv[1],"r+b"); f.seek(0x3c); pe=struct.unpack("<I",f.read(4))[0]; f.seek(pe+8); f.write(struct.pack("<I",int(sys.argv[2])&0xffffffff))' \
+    "$work/onair-$slot.efi" "$SOURCE_DATE_EPOCH"
 done
 
 size_of() { # MiB of partition $1 from PARTITIONS (name:fs:mib …)
