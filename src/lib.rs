@@ -5,8 +5,10 @@
 //! - [`ingest`]: the fabric-facing UDP receiver (io_uring with a plain-socket fallback).
 //! - [`egress`]: RTMP/RTMPS publishing (pure session wrapper + thin tokio driver).
 //! - [`receive`]: `onair receive`, the private ingest server that records to FLV.
+//! - [`board`], [`init`]: board files and `onair init`, PID 1 of the appliance image.
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
 pub mod api;
+pub mod board;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -15,6 +17,8 @@ pub mod egress;
 pub mod error;
 pub mod fabric_sim;
 pub mod ingest;
+#[cfg(target_os = "linux")]
+pub mod init;
 pub mod media;
 pub mod receive;
 pub mod relay;

@@ -9,11 +9,18 @@ commands:
   ctl          admin API client: onair ctl [--url URL] [--token-file F] get|post|put|delete PATH
   fabric-sim   play a TS file over UDP as the conferencing fabric would (paced, looping)
   receive      run the private ingest: an RTMP/RTMPS server recording publishes to FLV
+  init         PID 1 of the appliance image (see docs/image.md); only as PID 1
+  board        check a board file and print it as shell variables: onair board FILE
   version      print the version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let rest = args.get(2..).unwrap_or(&[]);
+    // As PID 1 (the kernel runs /init with its own arguments), onair is the init.
+    #[cfg(target_os = "linux")]
+    if std::process::id() == 1 {
+        return onair::init::main(rest);
+    }
     if args.get(1).map(String::as_str) == Some("run") {
         // `run` sets up logging from its config.
         return onair::run::main(rest);
@@ -23,6 +30,7 @@ fn main() -> ExitCode {
         Some("fabric-sim") => onair::fabric_sim::cli_main(rest),
         Some("receive") => onair::receive::cli::main(rest),
         Some("ctl") => onair::ctl::main(rest),
+        Some("board") => board_main(rest),
         Some("version" | "--version") => {
             println!("onair {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -38,6 +46,24 @@ fn main() -> ExitCode {
         None => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `onair board FILE`: validates a board file and prints it as shell assignments.
+fn board_main(args: &[String]) -> ExitCode {
+    let [path] = args else {
+        eprintln!("usage: onair board FILE");
+        return ExitCode::from(2);
+    };
+    match onair::board::Board::load(std::path::Path::new(path)) {
+        Ok(b) => {
+            print!("{}", b.shell_vars());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onair board: {e}");
+            ExitCode::from(1)
         }
     }
 }

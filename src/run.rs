@@ -92,6 +92,17 @@ pub async fn start(
     config: &RunConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Service> {
+    start_with(config, shutdown, None).await
+}
+
+/// [`start`], with an admin token provisioned by the platform (e.g. the qemu host through
+/// fw_cfg, see docs/image.md). It is used only on the first start, instead of a random one,
+/// and only if it has the shape of a generated token.
+pub async fn start_with(
+    config: &RunConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    provisioned_admin_token: Option<crate::secret::Secret>,
+) -> Result<Service> {
     config.validate()?;
     let store = Store::open(&config.data_dir)?;
     let control = supervisor::start(
@@ -102,7 +113,8 @@ pub async fn start(
             ..SupervisorConfig::default()
         },
     )?;
-    let admin_token_file = first_admin_token(&control, &config.data_dir).await?;
+    let admin_token_file =
+        first_admin_token(&control, &config.data_dir, provisioned_admin_token).await?;
     let allowed_sources = config
         .fabric
         .allowed_sources
@@ -181,14 +193,25 @@ async fn wait_for_signal() {
 /// On the first start (no admin token in the store): makes one, writes it to a root-only file
 /// (temp → fsync → rename) and only then records its hash, so a crash in between just makes
 /// a new one at the next start.
-async fn first_admin_token(control: &Control, data_dir: &Path) -> Result<Option<PathBuf>> {
+async fn first_admin_token(
+    control: &Control,
+    data_dir: &Path,
+    provisioned: Option<crate::secret::Secret>,
+) -> Result<Option<PathBuf>> {
     let has_admin = control
         .read(|s| s.tokens.values().any(|t| t.role == Role::Admin))
         .unwrap_or(false);
     if has_admin {
         return Ok(None);
     }
-    let token = crate::store::new_token()?;
+    let token = match provisioned {
+        Some(t) if is_token_shaped(t.expose()) => t,
+        Some(_) => {
+            tracing::warn!("the provisioned admin token is not a well-formed token: ignored");
+            crate::store::new_token()?
+        }
+        None => crate::store::new_token()?,
+    };
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     crate::api::tls::write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
     let cmd = Command::CreateToken {
@@ -202,6 +225,15 @@ async fn first_admin_token(control: &Control, data_dir: &Path) -> Result<Option<
         .await
         .map_err(|r| crate::err!(Io, "recording the first admin token: {r:?}"))?;
     Ok(Some(path))
+}
+
+/// The shape of [`crate::store::new_token`]'s tokens: the prefix and 64 lowercase hex digits.
+fn is_token_shaped(t: &str) -> bool {
+    t.strip_prefix(crate::store::TOKEN_PREFIX).is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Prometheus figures of the sessions.

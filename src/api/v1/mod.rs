@@ -6,6 +6,7 @@ mod admin;
 mod fabric;
 mod profiles;
 mod sessions;
+pub mod system;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub fn routes(v1: V1) -> Routes {
         .merge(profiles::routes())
         .merge(sessions::routes())
         .merge(fabric::routes())
+        .merge(system::routes())
         .with_state(v1)
 }
 
