@@ -32,14 +32,16 @@ scripts/check-pure.sh
 echo "==> cargo test"
 mkdir -p target
 cargo test --all-targets 2>&1 | tee target/test.log
-# One closing line with the totals of every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "onair: %d passed, %d failed\n", p, f }' target/test.log
 # The appliance image, booted in qemu. TCG only (this machine's /dev/kvm cannot boot stock
 # kernels, and CI may have none): the test never asks for KVM, so it runs with or without
 # /dev/kvm. ONAIR_SKIP_IMAGE_TEST=1 skips it (e.g. a quick local run).
+rm -f target/image-test.log
 if [ "${ONAIR_SKIP_IMAGE_TEST:-0}" = 1 ]; then
   echo "==> image test skipped (ONAIR_SKIP_IMAGE_TEST=1)"
 else
   echo "==> image test (build, boot under TCG, flash)"
-  tests/image.sh
+  tests/image.sh 2>&1 | tee target/image-test.log
 fi
+# One closing line with the totals: every cargo test binary, plus the image test's checks.
+image_ok=$(grep -c '^image test: ok:' target/image-test.log 2>/dev/null || true)
+awk -v img="${image_ok:-0}" '/^test result:/ { p += $4; f += $6 } END { printf "onair: %d passed, %d failed\n", p + img, f }' target/test.log
