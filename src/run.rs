@@ -207,7 +207,7 @@ async fn first_admin_token(
     let token = match provisioned {
         Some(t) if is_token_shaped(t.expose()) => t,
         Some(_) => {
-            tracing::warn!("the provisioned admin token is not a well-formed token: ignored");
+            tracing::warn!("the provisioned admin credential is malformed: ignored");
             crate::store::new_token()?
         }
         None => crate::store::new_token()?,
