@@ -7,6 +7,7 @@
 //! - [`receive`]: `onair receive`, the private ingest server that records to FLV.
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod control;
