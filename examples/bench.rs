@@ -2,8 +2,9 @@
 //! binary, which never streams without consent.
 //!
 //! `bench load --file F.ts --label L --streams K --udp-base P --ready-file R --pids-file PF
-//!  [--sink-port 0] [--stagger-ms 2000] [--warmup-s 6] [--measure-s 15]`
-//!   the measuring sink + the paced K-stream sender; prints one JSON line of figures.
+//!  [--sink-port 0] [--stagger-ms 2000] [--warmup-s 6] [--measure-s 15] [--require-delivery]`
+//!   the measuring sink + the paced K-stream sender; prints one JSON line of figures (and a
+//!   summary on stderr); with `--require-delivery`, fails unless every stream delivered.
 //! `bench relays --streams K --udp-base P --url rtmp://127.0.0.1:S/live [--socket] [--seconds N]`
 //!   K onair relays in this one process (stream i: UDP P+i → `<url>/bench-i`), the way
 //!   `onair run` hosts them (tokio, 2 workers); runs until killed or N seconds passed, then
@@ -73,6 +74,20 @@ fn load(args: &[String]) -> Res<()> {
     }
     let report = run_load(&opts)?;
     println!("{}", serde_json::to_string(&report)?);
+    eprintln!(
+        "bench: {} K={}: delivered {}/{} frames in {}/{} streams, lost {}, DTS gaps {}",
+        report.label,
+        report.streams,
+        report.frames_received,
+        report.frames_expected,
+        report.streams_delivered,
+        report.streams,
+        report.frames_lost,
+        report.dts_gaps
+    );
+    if args.iter().any(|a| a == "--require-delivery") && !report.valid {
+        return Err("not every stream delivered every frame".into());
+    }
     Ok(())
 }
 

@@ -34,3 +34,5 @@ mkdir -p target
 cargo test --all-targets 2>&1 | tee target/test.log
 # One closing line with the totals of every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "onair: %d passed, %d failed\n", p, f }' target/test.log
+echo "==> bench smoke (K=1, onair only, a few seconds: checks delivery, never speed)"
+scripts/bench.sh --smoke

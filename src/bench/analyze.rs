@@ -54,13 +54,7 @@ pub fn analyze(sent: &[Sent], rx: &[Received], from_ns: u64, to_ns: u64) -> Stre
     let Some(first_key) = rx.iter().find(|m| m.key) else {
         return r;
     };
-    let Some(anchor) = sent
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.key && s.last_packet_ns <= first_key.recv_ns)
-        .max_by_key(|(_, s)| s.last_packet_ns)
-        .map(|(i, _)| i)
-    else {
+    let Some(anchor) = pick_anchor(sent, rx, first_key) else {
         return r;
     };
     r.started_in_time = sent[anchor].last_packet_ns <= from_ns;
@@ -112,6 +106,38 @@ pub fn analyze(sent: &[Sent], rx: &[Received], from_ns: u64, to_ns: u64) -> Stre
         }
     }
     r
+}
+
+/// A frame may be stamped received slightly before the sender stamped it sent (the stamp is
+/// taken after `sendmmsg` returns): causality is only checked beyond this.
+const CAUSALITY_SLACK_NS: i128 = 5_000_000;
+
+/// The source keyframe the first received keyframe is: among the keyframes sent before it
+/// was received, the latest one under which no received frame would have arrived before it
+/// was sent (a relay that buffers seconds at start, like FFmpeg probing its input, then
+/// drains its backlog, rules out the later candidates once it has caught up). Falls back to
+/// the candidate with the fewest such violations.
+fn pick_anchor(sent: &[Sent], rx: &[Received], first_key: &Received) -> Option<usize> {
+    let violations = |anchor: usize| -> usize {
+        let offset = i64::try_from(sent[anchor].dts_ms).unwrap_or(0) - i64::from(first_key.rtmp_ms);
+        rx.iter()
+            .filter(|m| {
+                let want = i64::from(m.rtmp_ms) + offset;
+                nearest(sent, want)
+                    .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= 2)
+                    .is_some_and(|i| {
+                        i128::from(m.recv_ns) - i128::from(sent[i].last_packet_ns)
+                            < -CAUSALITY_SLACK_NS
+                    })
+            })
+            .count()
+    };
+    sent.iter()
+        .enumerate()
+        .filter(|(_, s)| s.key && s.last_packet_ns <= first_key.recv_ns)
+        .map(|(i, _)| i)
+        .rev()
+        .min_by_key(|&i| violations(i))
 }
 
 /// Index of the frame whose DTS is nearest `dts_ms` (`sent` is in decode order).
@@ -193,6 +219,31 @@ mod tests {
         assert_eq!(r.lost, 1);
         assert_eq!(r.dts_gaps, 1);
         assert_eq!(r.expected, r.received + 1);
+    }
+
+    #[test]
+    fn a_relay_that_buffers_seconds_then_catches_up() {
+        let s = sent(300);
+        // Starts at frame 0, but only 2.5 s after it was sent; drains its backlog at 1 frame
+        // per ms, then forwards each frame 5 ms after it was sent.
+        let t0 = s[0].last_packet_ns + 2500 * MS;
+        let rx: Vec<Received> = s
+            .iter()
+            .enumerate()
+            .map(|(j, f)| Received {
+                rtmp_ms: f.dts_ms as u32,
+                key: f.key,
+                recv_ns: (t0 + j as u64 * MS).max(f.last_packet_ns + 5 * MS),
+            })
+            .collect();
+        let r = analyze(&s, &rx, 5000 * MS, 9000 * MS);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.dts_gaps, 0);
+        assert!(
+            r.latency_ns.iter().all(|&l| l == 5 * MS),
+            "{:?}",
+            &r.latency_ns[..5]
+        );
     }
 
     #[test]

@@ -221,6 +221,13 @@ pub fn run_load(opts: &LoadOptions) -> Result<LoadReport> {
             .lock()
             .map(|s| s.video.clone())
             .unwrap_or_default();
+        if i == 0
+            && let Some(path) = std::env::var_os("BENCH_DUMP")
+        {
+            // Diagnosis: stream 0's send and receive stamps.
+            let text = format!("window {warm_ns} {to_ns}\nsent {frames:?}\nrx {rx:?}\n");
+            let _ = std::fs::write(path, text);
+        }
         let r: StreamResult = analyze(&frames, &rx, warm_ns, to_ns);
         report.frames_expected += r.expected;
         report.frames_received += r.received;

@@ -150,6 +150,7 @@ async fn connection(
     let mut claims = SharedClaims(claims);
     let mut buf = vec![0u8; 256 << 10];
     let mut current: Option<usize> = None;
+    let debug = std::env::var_os("BENCH_SINK_DEBUG").is_some();
     loop {
         let n = match sock.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -158,6 +159,18 @@ async fn connection(
         let recv_ns = monotonic_ns();
         let actions = session.handle_input(&buf[..n], &mut claims);
         for a in actions {
+            if debug {
+                match &a {
+                    Action::Tag {
+                        tag_type,
+                        ts_ms,
+                        body,
+                    } => {
+                        eprintln!("bench sink: tag {tag_type} ts {ts_ms} len {}", body.len())
+                    }
+                    other => eprintln!("bench sink: {other:?}"),
+                }
+            }
             match a {
                 Action::Send(b) => {
                     if sock.write_all(&b).await.is_err() {
@@ -184,7 +197,8 @@ async fn connection(
                     record(&mut s, tag_type, ts_ms, &body, recv_ns);
                 }
                 Action::StopRecording => current = None,
-                Action::Close { .. } => {
+                Action::Close { reason } => {
+                    eprintln!("bench sink: closing a connection: {reason}");
                     let _ = sock.shutdown().await;
                     break;
                 }
