@@ -4,7 +4,8 @@
 //! The sink knows a video message only by its RTMP timestamp (ms), whose origin each relay
 //! chooses. The first keyframe received is mapped to the keyframe the sender sent last before
 //! that receive time (keyframes are 2 s apart, far more than any sane latency); every other
-//! message then maps to the source frame whose DTS is `rtmp_ms + offset`, within 2 ms.
+//! message then maps to the source frame whose DTS is `rtmp_ms + offset`, within
+//! [`MATCH_TOLERANCE_MS`].
 
 /// A video frame as the sender sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,8 @@ pub fn analyze(sent: &[Sent], rx: &[Received], from_ns: u64, to_ns: u64) -> Stre
     let mut prev: Option<usize> = None;
     for m in rx {
         let want = i64::from(m.rtmp_ms) + offset;
-        let idx = nearest(sent, want).filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= 2);
+        let idx = nearest(sent, want)
+            .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= MATCH_TOLERANCE_MS);
         let in_window = |i: usize| (from_ns..=to_ns).contains(&sent[i].last_packet_ns);
         match idx {
             Some(i) => {
@@ -108,6 +110,11 @@ pub fn analyze(sent: &[Sent], rx: &[Received], from_ns: u64, to_ns: u64) -> Stre
     r
 }
 
+/// How far a relay's timestamp may stray from the source DTS + offset and still name that
+/// frame: under half a frame interval up to 40 fps. GStreamer's tsdemux corrects clock skew
+/// on live input, so its timestamps wander a few ms from the source's DTS.
+pub const MATCH_TOLERANCE_MS: i64 = 12;
+
 /// A frame may be stamped received slightly before the sender stamped it sent (the stamp is
 /// taken after `sendmmsg` returns): causality is only checked beyond this.
 const CAUSALITY_SLACK_NS: i128 = 5_000_000;
@@ -124,7 +131,7 @@ fn pick_anchor(sent: &[Sent], rx: &[Received], first_key: &Received) -> Option<u
             .filter(|m| {
                 let want = i64::from(m.rtmp_ms) + offset;
                 nearest(sent, want)
-                    .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= 2)
+                    .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= MATCH_TOLERANCE_MS)
                     .is_some_and(|i| {
                         i128::from(m.recv_ns) - i128::from(sent[i].last_packet_ns)
                             < -CAUSALITY_SLACK_NS
