@@ -32,11 +32,14 @@ while [ $# -gt 0 ]; do
 done
 
 work=target/bench; mkdir -p "$work"
-started=()   # every process this script starts, stopped on exit
+# Every process this script starts is a background job of this shell: on exit, the jobs still
+# running (and only those, by PID) are stopped.
 cleanup() {
-  for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
+  local left; left=$(jobs -pr)
+  [ -n "$left" ] || return 0
+  kill $left 2>/dev/null || true
   sleep 0.3
-  for p in "${started[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  kill -9 $(jobs -pr) 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
@@ -99,7 +102,7 @@ run_one() {
   "$bench" load --file "$feed" --label "$tool" --streams "$k" --udp-base "$base" \
     --ready-file "$dir/ready" --pids-file "$dir/pids" --stagger-ms "$stagger" \
     --warmup-s "$warmup" --measure-s "$measure" "${require[@]}" > "$dir/result.json" 2> "$dir/load.log" &
-  local load=$!; started+=("$load")
+  local load=$!
   for _ in $(seq 100); do [ -s "$dir/ready" ] && break; sleep 0.1; done
   local sport; sport=$(cat "$dir/ready")
   local pids=() i
@@ -126,7 +129,6 @@ run_one() {
       done ;;
     *) echo "unknown tool $tool" >&2; return 1 ;;
   esac
-  started+=("${pids[@]}")
   echo "${pids[*]}" > "$dir/pids.tmp"; mv "$dir/pids.tmp" "$dir/pids"
   local rc=0
   wait "$load" || rc=$?
