@@ -32,6 +32,8 @@ scripts/check-pure.sh
 echo "==> cargo test"
 mkdir -p target
 cargo test --all-targets 2>&1 | tee target/test.log
+echo "==> bench smoke (K=1, onair only, a few seconds: checks delivery, never speed)"
+scripts/bench.sh --smoke
 # The appliance image, booted in qemu. TCG only (this machine's /dev/kvm cannot boot stock
 # kernels, and CI may have none): the test never asks for KVM, so it runs with or without
 # /dev/kvm. ONAIR_SKIP_IMAGE_TEST=1 skips it (e.g. a quick local run).

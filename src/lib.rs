@@ -8,6 +8,7 @@
 //! - [`board`], [`init`]: board files and `onair init`, PID 1 of the appliance image.
 //! - [`fabric_sim`]: `onair fabric-sim`, plays a TS file over UDP paced by its clock.
 pub mod api;
+pub mod bench;
 pub mod board;
 pub mod clock;
 pub mod config;

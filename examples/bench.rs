@@ -1,0 +1,154 @@
+//! Developer tool for the side-by-side benchmark (scripts/bench.sh). Not part of the appliance
+//! binary, which never streams without consent.
+//!
+//! `bench load --file F.ts --label L --streams K --udp-base P --ready-file R --pids-file PF
+//!  [--sink-port 0] [--stagger-ms 2000] [--warmup-s 6] [--measure-s 15] [--require-delivery]`
+//!   the measuring sink + the paced K-stream sender; prints one JSON line of figures (and a
+//!   summary on stderr); with `--require-delivery`, fails unless every stream delivered.
+//! `bench relays --streams K --udp-base P --url rtmp://127.0.0.1:S/live [--socket] [--seconds N]`
+//!   K onair relays in this one process (stream i: UDP P+i → `<url>/bench-i`), the way
+//!   `onair run` hosts them (tokio, 2 workers); runs until killed or N seconds passed, then
+//!   prints one JSON line per relay of its counters on stderr, and exits.
+//!   The stream keys are the public names `bench-<i>` the sink expects: not secrets.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use onair::bench::{LoadOptions, run_load, sink::stream_name};
+use onair::egress::{Destination, EgressOptions, RtmpUrl, TlsOptions};
+use onair::ingest::{IngestConfig, IngestMode};
+use onair::relay::Relay;
+use onair::secret::Secret;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Res<T> {
+    match arg(args, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("{name} {v:?} is not a number").into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("load") => load(&args),
+        Some("relays") => relays(&args),
+        _ => Err("usage: bench load … | bench relays … (see examples/bench.rs)".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(args: &[String]) -> Res<()> {
+    let need = |n: &str| arg(args, n).ok_or_else(|| format!("{n} is required"));
+    let opts = LoadOptions {
+        file: PathBuf::from(need("--file")?),
+        label: arg(args, "--label").unwrap_or_else(|| "relay".into()),
+        streams: num(args, "--streams", 1usize)?,
+        udp_base: num(args, "--udp-base", 0u16)?,
+        sink_port: num(args, "--sink-port", 0u16)?,
+        ready_file: PathBuf::from(need("--ready-file")?),
+        pids_file: PathBuf::from(need("--pids-file")?),
+        stagger: Duration::from_millis(num(args, "--stagger-ms", 2000u64)?),
+        warmup: Duration::from_secs_f64(num(args, "--warmup-s", 6.0f64)?),
+        measure: Duration::from_secs_f64(num(args, "--measure-s", 15.0f64)?),
+    };
+    if opts.udp_base == 0 {
+        return Err("--udp-base is required".into());
+    }
+    let report = run_load(&opts)?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!(
+        "bench: {} K={}: delivered {}/{} frames in {}/{} streams, lost {}, DTS gaps {}",
+        report.label,
+        report.streams,
+        report.frames_received,
+        report.frames_expected,
+        report.streams_delivered,
+        report.streams,
+        report.frames_lost,
+        report.dts_gaps
+    );
+    if args.iter().any(|a| a == "--require-delivery") && !report.valid {
+        return Err("not every stream delivered every frame".into());
+    }
+    Ok(())
+}
+
+fn relays(args: &[String]) -> Res<()> {
+    let k: usize = num(args, "--streams", 1)?;
+    let base: u16 = num(args, "--udp-base", 0)?;
+    let seconds: u64 = num(args, "--seconds", 3600)?;
+    let url = arg(args, "--url").ok_or("--url rtmp://…/app is required")?;
+    let socket = args.iter().any(|a| a == "--socket");
+    if base == 0 {
+        return Err("--udp-base is required".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut relays = Vec::with_capacity(k);
+        for i in 0..k {
+            let port = u16::try_from(usize::from(base) + i)?;
+            let mut cfg = IngestConfig::unicast(([127, 0, 0, 1], port).into());
+            if socket {
+                cfg.mode = IngestMode::Socket;
+            }
+            let url = RtmpUrl::parse(&url)?;
+            let dest = Destination {
+                allow_plain_rtmp: !url.is_tls(),
+                url,
+                stream_key: Secret::new(stream_name(i)),
+                tls: TlsOptions {
+                    ca_bundle_pem: None,
+                    spki_sha256: None,
+                },
+                addr_policy: None,
+            };
+            relays.push(Relay::start(
+                &cfg,
+                vec![(dest, EgressOptions::default())],
+                0,
+            )?);
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        for (i, r) in relays.iter().enumerate() {
+            let core = r.core_stats();
+            let e = r.egress_stats();
+            let out = e.first();
+            eprintln!(
+                "{{\"relay\":{i},\"video_frames\":{},\"frames_out\":{},\"frames_dropped\":{},\"reconnects\":{},\"cc_errors\":{}}}",
+                core.video_frames,
+                out.map_or(0, |s| s.frames_out),
+                out.map_or(0, |s| s.frames_dropped),
+                out.map_or(0, |s| s.reconnects),
+                core.demux.cc_errors
+            );
+        }
+        // No graceful stop: the sink is gone by now, and the figures were taken.
+        std::process::exit(0);
+    })
+}

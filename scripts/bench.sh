@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark of issue 5: onair vs FFmpeg vs GStreamer relaying the same
+# 1080p30 ≈6.35 Mbit/s MPEG-TS feeds (UDP, 1316-byte datagrams) to the same measuring RTMP sink
+# on 127.0.0.1, K streams at a time, repetitions interleaved. See docs/performance.md.
+#
+#   scripts/bench.sh [--k "1 16"] [--reps 2] [--tools "onair ffmpeg gst"] [--measure-s 15]
+#                    [--warmup-s 8] [--no-doc]
+#   scripts/bench.sh --smoke     # CI: K=1, onair only, the bundled clip, a few seconds;
+#                                # checks delivery only, never fails on speed
+#
+# The load tool (examples/bench.rs `load`) plays the K streams from one process (sendmmsg,
+# each stream on its own clock, starts staggered over one GOP), runs the sink, samples the
+# relays' on-CPU time (/proc/PID/task/*/schedstat) over the measured window and matches each
+# received video message to the frame the sender sent. A run counts only if every stream
+# delivered every frame of the window without a DTS gap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) smoke=1 ;;
+    --k) ks=$2; shift ;;
+    --reps) reps=$2; shift ;;
+    --tools) tools=$2; shift ;;
+    --measure-s) measure=$2; shift ;;
+    --warmup-s) warmup=$2; shift ;;
+    --no-doc) doc=0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+work=target/bench; mkdir -p "$work"
+# Every process this script starts is a background job of this shell: on exit, the jobs still
+# running (and only those, by PID) are stopped.
+cleanup() {
+  local left; left=$(jobs -pr)
+  [ -n "$left" ] || return 0
+  kill $left 2>/dev/null || true
+  sleep 0.3
+  kill -9 $(jobs -pr) 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+# Stops the given PIDs: TERM, up to 3 s, then KILL.
+stop_pids() {
+  [ $# -gt 0 ] || return 0
+  kill "$@" 2>/dev/null || true
+  for _ in $(seq 30); do
+    alive=0; for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  kill -9 "$@" 2>/dev/null || true
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+require=()
+if [ $smoke -eq 1 ]; then
+  ks=1; reps=1; tools=onair; measure=4; warmup=2; doc=0; require=(--require-delivery)
+  feed=assets/sample.ts; stagger=0
+  cargo build --quiet --example bench
+  bench=target/debug/examples/bench
+else
+  pkgs=()
+  command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+  command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)
+  command -v gst-launch-1.0 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-tools)
+  for p in gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly; do
+    dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p")
+  done
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "==> installing ${pkgs[*]}"
+    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+  feed=$work/feed_1080p30_6M_60s.ts; stagger=2000
+  if [ ! -s "$feed" ]; then
+    echo "==> making the feed once (1080p30 H.264 High, GOP 2 s, AAC 128k, mux 6.35 Mbit/s, 60 s)"
+    ffmpeg -v error -nostdin -y -f lavfi -i "testsrc2=size=1920x1080:rate=30" \
+      -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 60 -map 0:v -map 1:a \
+      -c:v libx264 -preset ultrafast -profile:v high -bf 2 -g 60 -keyint_min 60 \
+      -b:v 6M -minrate 6M -maxrate 6M -bufsize 6M -x264-params nal-hrd=cbr -pix_fmt yuv420p \
+      -c:a aac -b:a 128k -f mpegts -muxrate 6350k "$feed.tmp"
+    mv "$feed.tmp" "$feed"
+  fi
+  cargo build --release --quiet --example bench
+  bench=target/release/examples/bench
+fi
+
+results=$work/results-$(date +%Y%m%d-%H%M%S).jsonl
+: > "$results"
+
+# One measured run: prints nothing, appends a JSON line to $results.
+run_one() {
+  local tool=$1 k=$2 rep=$3
+  local dir=$work/run/$tool-k$k-r$rep
+  rm -rf "$dir"; mkdir -p "$dir"
+  local base=$((20000 + RANDOM % 20000))
+  "$bench" load --file "$feed" --label "$tool" --streams "$k" --udp-base "$base" \
+    --ready-file "$dir/ready" --pids-file "$dir/pids" --stagger-ms "$stagger" \
+    --warmup-s "$warmup" --measure-s "$measure" "${require[@]}" > "$dir/result.json" 2> "$dir/load.log" &
+  local load=$!
+  for _ in $(seq 100); do [ -s "$dir/ready" ] && break; sleep 0.1; done
+  local sport; sport=$(cat "$dir/ready")
+  local pids=() i
+  case "$tool" in
+    onair|onair-socket)
+      local extra=(); [ "$tool" = onair-socket ] && extra=(--socket)
+      "$bench" relays --streams "$k" --udp-base "$base" --url "rtmp://127.0.0.1:$sport/live" \
+        "${extra[@]}" > /dev/null 2> "$dir/relay.log" &
+      pids+=($!) ;;
+    ffmpeg)
+      for ((i = 0; i < k; i++)); do
+        ffmpeg -nostdin -v error -i "udp://127.0.0.1:$((base + i))?fifo_size=50000&overrun_nonfatal=1" \
+          -map 0 -c copy -f flv "rtmp://127.0.0.1:$sport/live/bench-$i" 2> "$dir/relay-$i.log" &
+        pids+=($!)
+      done ;;
+    gst)
+      for ((i = 0; i < k; i++)); do
+        gst-launch-1.0 -q udpsrc address=127.0.0.1 port=$((base + i)) buffer-size=4194304 \
+          caps="video/mpegts,systemstream=(boolean)true,packetsize=(int)188" ! tsdemux name=d \
+          d. ! queue ! h264parse ! flvmux name=m streamable=true \
+          ! rtmp2sink location="rtmp://127.0.0.1:$sport/live/bench-$i" \
+          d. ! queue ! aacparse ! m. > /dev/null 2> "$dir/relay-$i.log" &
+        pids+=($!)
+      done ;;
+    *) echo "unknown tool $tool" >&2; return 1 ;;
+  esac
+  echo "${pids[*]}" > "$dir/pids.tmp"; mv "$dir/pids.tmp" "$dir/pids"
+  local rc=0
+  wait "$load" || rc=$?
+  stop_pids "${pids[@]}"
+  if [ -s "$dir/result.json" ]; then
+    cat "$dir/result.json" >> "$results"
+  else
+    echo "{\"label\":\"$tool\",\"streams\":$k,\"valid\":false,\"error\":\"load tool failed, see $dir/load.log\"}" >> "$results"
+  fi
+  return $rc
+}
+
+echo "==> $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); K = $ks; tools: $tools; $reps repetition(s)"
+for ((r = 1; r <= reps; r++)); do
+  for k in $ks; do
+    for tool in $tools; do
+      printf '  run %d  K=%-3s %-12s' "$r" "$k" "$tool"
+      if [ $smoke -eq 1 ]; then
+        echo
+        rc=0; run_one "$tool" "$k" "$r" || rc=$?
+        tail -1 "$work/run/$tool-k$k-r$r/load.log"
+        [ $rc -eq 0 ] && echo "bench smoke: ok" || echo "bench smoke: FAILED (see $work/run/$tool-k$k-r$r/)"
+        exit $rc
+      fi
+      run_one "$tool" "$k" "$r" || true
+      python3 scripts/bench_report.py --last "$results"
+    done
+  done
+done
+
+
+doc_arg=; [ $doc -eq 1 ] && doc_arg=docs/performance.md
+python3 scripts/bench_report.py "$results" $doc_arg

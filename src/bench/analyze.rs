@@ -1,0 +1,273 @@
+//! Matching what the sink received to what the sender sent (pure): latency per frame, frames
+//! lost and DTS gaps, for one stream.
+//!
+//! The sink knows a video message only by its RTMP timestamp (ms), whose origin each relay
+//! chooses. The first keyframe received is mapped to the keyframe the sender sent last before
+//! that receive time (keyframes are 2 s apart, far more than any sane latency); every other
+//! message then maps to the source frame whose DTS is `rtmp_ms + offset`, within
+//! [`MATCH_TOLERANCE_MS`].
+
+/// A video frame as the sender sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// DTS from the feed's first frame, in ms (rounded down).
+    pub dts_ms: u64,
+    pub key: bool,
+    /// When the datagram holding the frame's last TS packet was sent (monotonic ns).
+    pub last_packet_ns: u64,
+    /// When the datagram starting the next video PES was sent, if it was.
+    pub next_start_ns: Option<u64>,
+}
+
+/// A video message as the sink received it (sequence headers excluded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub rtmp_ms: u32,
+    pub key: bool,
+    pub recv_ns: u64,
+}
+
+/// What one stream delivered within the measured window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamResult {
+    /// Frames sent (last packet) within the window, after delivery started.
+    pub expected: u64,
+    /// Of those, frames received.
+    pub received: u64,
+    /// Frames from the first received keyframe to the window's end that never arrived.
+    pub lost: u64,
+    /// Received frames whose predecessor in receive order is not the previous source frame,
+    /// or that did not map to any source frame.
+    pub dts_gaps: u64,
+    /// Per received frame in the window: receive − send of its last packet (ns).
+    pub latency_ns: Vec<u64>,
+    /// Per received frame in the window: receive − send of the next PES start (ns, may be
+    /// negative when a relay does not wait for it, e.g. a PES with a length).
+    pub latency_after_next_start_ns: Vec<i64>,
+    /// Delivery started (the first keyframe was mapped) no later than the window's start.
+    pub started_in_time: bool,
+}
+
+/// Matches `rx` (in receive order) to `sent` (in decode order) over the window
+/// `[from_ns, to_ns]` of last-packet send times.
+pub fn analyze(sent: &[Sent], rx: &[Received], from_ns: u64, to_ns: u64) -> StreamResult {
+    let mut r = StreamResult::default();
+    let Some(first_key) = rx.iter().find(|m| m.key) else {
+        return r;
+    };
+    let Some(anchor) = pick_anchor(sent, rx, first_key) else {
+        return r;
+    };
+    r.started_in_time = sent[anchor].last_packet_ns <= from_ns;
+    let offset = i64::try_from(sent[anchor].dts_ms).unwrap_or(0) - i64::from(first_key.rtmp_ms);
+    let mut matched = vec![false; sent.len()];
+    let mut prev: Option<usize> = None;
+    for m in rx {
+        let want = i64::from(m.rtmp_ms) + offset;
+        let idx = nearest(sent, want)
+            .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= MATCH_TOLERANCE_MS);
+        let in_window = |i: usize| (from_ns..=to_ns).contains(&sent[i].last_packet_ns);
+        match idx {
+            Some(i) => {
+                if in_window(i) {
+                    if prev.is_some_and(|p| p + 1 != i) {
+                        r.dts_gaps += 1;
+                    }
+                    if !matched[i] {
+                        r.latency_ns
+                            .push(m.recv_ns.saturating_sub(sent[i].last_packet_ns));
+                        if let Some(ns) = sent[i].next_start_ns {
+                            let d = i128::from(m.recv_ns) - i128::from(ns);
+                            r.latency_after_next_start_ns
+                                .push(i64::try_from(d).unwrap_or(i64::MAX));
+                        }
+                    }
+                }
+                matched[i] = true;
+                prev = Some(i);
+            }
+            None => {
+                // A message that is no source frame: counted as a gap if inside the window.
+                if m.recv_ns >= from_ns && m.recv_ns <= to_ns {
+                    r.dts_gaps += 1;
+                }
+                prev = None;
+            }
+        }
+    }
+    for (i, s) in sent.iter().enumerate() {
+        let in_window = (from_ns..=to_ns).contains(&s.last_packet_ns);
+        if in_window && i >= anchor {
+            r.expected += 1;
+            if matched[i] {
+                r.received += 1;
+            }
+        }
+        if i >= anchor && s.last_packet_ns <= to_ns && !matched[i] {
+            r.lost += 1;
+        }
+    }
+    r
+}
+
+/// How far a relay's timestamp may stray from the source DTS + offset and still name that
+/// frame: under half a frame interval up to 40 fps. GStreamer's tsdemux corrects clock skew
+/// on live input, so its timestamps wander a few ms from the source's DTS.
+pub const MATCH_TOLERANCE_MS: i64 = 12;
+
+/// A frame may be stamped received slightly before the sender stamped it sent (the stamp is
+/// taken after `sendmmsg` returns): causality is only checked beyond this.
+const CAUSALITY_SLACK_NS: i128 = 5_000_000;
+
+/// The source keyframe the first received keyframe is: among the keyframes sent before it
+/// was received, the latest one under which no received frame would have arrived before it
+/// was sent (a relay that buffers seconds at start, like FFmpeg probing its input, then
+/// drains its backlog, rules out the later candidates once it has caught up). Falls back to
+/// the candidate with the fewest such violations.
+fn pick_anchor(sent: &[Sent], rx: &[Received], first_key: &Received) -> Option<usize> {
+    let violations = |anchor: usize| -> usize {
+        let offset = i64::try_from(sent[anchor].dts_ms).unwrap_or(0) - i64::from(first_key.rtmp_ms);
+        rx.iter()
+            .filter(|m| {
+                let want = i64::from(m.rtmp_ms) + offset;
+                nearest(sent, want)
+                    .filter(|&i| (sent[i].dts_ms as i64 - want).abs() <= MATCH_TOLERANCE_MS)
+                    .is_some_and(|i| {
+                        i128::from(m.recv_ns) - i128::from(sent[i].last_packet_ns)
+                            < -CAUSALITY_SLACK_NS
+                    })
+            })
+            .count()
+    };
+    sent.iter()
+        .enumerate()
+        .filter(|(_, s)| s.key && s.last_packet_ns <= first_key.recv_ns)
+        .map(|(i, _)| i)
+        .rev()
+        .min_by_key(|&i| violations(i))
+}
+
+/// Index of the frame whose DTS is nearest `dts_ms` (`sent` is in decode order).
+fn nearest(sent: &[Sent], dts_ms: i64) -> Option<usize> {
+    let target = u64::try_from(dts_ms).ok()?;
+    let i = sent.partition_point(|s| s.dts_ms < target);
+    [i.checked_sub(1), Some(i)]
+        .into_iter()
+        .flatten()
+        .filter(|&j| j < sent.len())
+        .min_by_key(|&j| sent[j].dts_ms.abs_diff(target))
+}
+
+/// The `q`-quantile (0..=1) of `v` (sorted in place), nearest rank.
+pub fn quantile(v: &mut [u64], q: f64) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v.get(rank.clamp(1, v.len()) - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// 30 fps frames, keyframe every 10, frame k's last packet sent at 1000 ms + 33 ms·k.
+    fn sent(n: usize) -> Vec<Sent> {
+        (0..n)
+            .map(|k| Sent {
+                dts_ms: (k as u64 * 100) / 3,
+                key: k % 10 == 0,
+                last_packet_ns: (1000 + 33 * k as u64) * MS,
+                next_start_ns: Some((1001 + 33 * k as u64) * MS),
+            })
+            .collect()
+    }
+
+    /// The relay starts at source frame `from`, timestamps from 0, 5 ms of latency.
+    fn received(s: &[Sent], from: usize, skip: &[usize]) -> Vec<Received> {
+        s[from..]
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !skip.contains(&(from + j)))
+            .map(|(_, f)| Received {
+                rtmp_ms: (f.dts_ms - s[from].dts_ms) as u32,
+                key: f.key,
+                recv_ns: f.last_packet_ns + 5 * MS,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn perfect_delivery() {
+        let s = sent(100);
+        let rx = received(&s, 10, &[]);
+        let r = analyze(&s, &rx, 1500 * MS, 3000 * MS);
+        assert!(r.started_in_time);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.dts_gaps, 0);
+        assert_eq!(r.expected, r.received);
+        assert!(r.expected > 40);
+        assert!(r.latency_ns.iter().all(|&l| l == 5 * MS));
+        assert!(
+            r.latency_after_next_start_ns
+                .iter()
+                .all(|&l| l == 4_000_000)
+        );
+    }
+
+    #[test]
+    fn a_lost_frame_is_a_loss_and_a_gap() {
+        let s = sent(100);
+        let rx = received(&s, 10, &[50]);
+        let r = analyze(&s, &rx, 1500 * MS, 3000 * MS);
+        assert_eq!(r.lost, 1);
+        assert_eq!(r.dts_gaps, 1);
+        assert_eq!(r.expected, r.received + 1);
+    }
+
+    #[test]
+    fn a_relay_that_buffers_seconds_then_catches_up() {
+        let s = sent(300);
+        // Starts at frame 0, but only 2.5 s after it was sent; drains its backlog at 1 frame
+        // per ms, then forwards each frame 5 ms after it was sent.
+        let t0 = s[0].last_packet_ns + 2500 * MS;
+        let rx: Vec<Received> = s
+            .iter()
+            .enumerate()
+            .map(|(j, f)| Received {
+                rtmp_ms: f.dts_ms as u32,
+                key: f.key,
+                recv_ns: (t0 + j as u64 * MS).max(f.last_packet_ns + 5 * MS),
+            })
+            .collect();
+        let r = analyze(&s, &rx, 5000 * MS, 9000 * MS);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.dts_gaps, 0);
+        assert!(
+            r.latency_ns.iter().all(|&l| l == 5 * MS),
+            "{:?}",
+            &r.latency_ns[..5]
+        );
+    }
+
+    #[test]
+    fn late_start_is_flagged() {
+        let s = sent(100);
+        let rx = received(&s, 40, &[]);
+        let r = analyze(&s, &rx, 1500 * MS, 3000 * MS);
+        assert!(!r.started_in_time);
+        // Nothing received at all.
+        assert_eq!(analyze(&s, &[], 0, 1), StreamResult::default());
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&mut v, 0.5), Some(50));
+        assert_eq!(quantile(&mut v, 0.99), Some(99));
+        assert_eq!(quantile(&mut [], 0.5), None);
+    }
+}
