@@ -1,6 +1,8 @@
 //! `onair receive` end to end with the real ffmpeg/ffprobe/openssl: RTMP and RTMPS publishes are
 //! recorded, decoded and compared with what ffmpeg itself writes; keys and limits are enforced.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -354,91 +356,17 @@ async fn wrong_key_is_rejected_without_a_file() {
     assert!(!logs.contains(KEY), "stream key in logs");
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let mut cmd = Command::new("openssl");
-    cmd.current_dir(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = cmd.output().expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for localhost / 127.0.0.1, made with the openssl CLI.
-fn make_certs(dir: &Path) {
-    let ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n";
-    std::fs::write(dir.join("ext.cnf"), ext).expect("ext");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=onair test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmps_publish_is_recorded_frame_exact() {
     let certs = TempDir::new("certs");
-    make_certs(&certs.0);
+    let pki = common::TestCa::make(&certs.0, "receive");
     let dir = TempDir::new("rtmps");
     let mut c = config(&dir.0);
-    c.tls_cert = Some(certs.0.join("server.pem"));
-    c.tls_key = Some(certs.0.join("server.key"));
+    c.tls_cert = Some(pki.cert_pem.clone());
+    c.tls_key = Some(pki.key_pem.clone());
     let h = start(c).await.expect("start");
     let port = h.local_addr().port();
-    let ca = certs.0.join("ca.pem");
-    let ca = ca.to_str().expect("utf8");
+    let ca = pki.ca_pem.to_str().expect("utf8");
     let url = format!("rtmps://localhost:{port}/live/{KEY}");
     // ffmpeg's TLS client really verifies: the system roots do not know our CA.
     let system = "/etc/ssl/certs/ca-certificates.crt";
