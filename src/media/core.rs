@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::aac::{self, AdtsFrame, AudioConfig};
 use super::flv::{self, Metadata};
 use super::h264::{AvcConfig, AvcFrame, H264Repacker};
+use super::pes::MAX_PES_BYTES;
 use super::rtp::{RtpStats, Unwrapper};
 use super::timeline::{self, Timeline, Track};
 use super::ts::{DemuxEvent, DemuxStats, Demuxer, Pes, Program, StreamType};
@@ -107,6 +108,21 @@ struct Held {
     rx_ns: u64,
 }
 
+/// The pieces so far of a video access unit split over bounded PES: the first PES (with the
+/// timestamps) and the payload gathered from it and its continuations.
+struct SplitAu {
+    first: Pes,
+    data: BytesMut,
+}
+
+impl SplitAu {
+    fn into_pes(self) -> Pes {
+        let mut pes = self.first;
+        pes.data = self.data.freeze();
+        pes
+    }
+}
+
 #[derive(Default)]
 pub struct MediaCore {
     unwrapper: Unwrapper,
@@ -127,6 +143,8 @@ pub struct MediaCore {
     waiting_keyframe: bool,
     /// Video held at the start until the audio config is known.
     held: Vec<Held>,
+    /// A video access unit split over full-length bounded PES, waiting for its last piece.
+    split: Option<SplitAu>,
     /// The consent instant (caller's monotonic ns).
     gate_ns: u64,
     /// Demuxer index of the first TS packet received at or after `gate_ns`: a frame passes
@@ -183,6 +201,10 @@ impl MediaCore {
     pub fn flush(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
         self.demux.flush(&mut self.events);
         self.drain_events(rx_ns, out);
+        if let Some(split) = self.split.take() {
+            // Every piece arrived whole; the last one was full-length, so its end was unknown.
+            self.on_video_au(split.into_pes(), rx_ns, out);
+        }
         if !self.started {
             self.start_with_held(out);
         }
@@ -208,6 +230,7 @@ impl MediaCore {
             self.video_pid = video;
             self.audio_pid = audio;
             self.waiting_keyframe = true;
+            self.split = None;
         }
     }
 
@@ -219,7 +242,51 @@ impl MediaCore {
         }
     }
 
+    /// A video PES: a whole access unit, or a piece of one split over bounded PES. The fabric
+    /// marks a split access unit by making every piece but the last full-length (65535) and
+    /// leaving the PTS out of the continuations; the unit is complete when a shorter piece
+    /// ends, so its end is known without waiting for the next PES to start.
     fn on_video(&mut self, pes: Pes, rx_ns: u64, out: &mut Vec<MediaFrame>) {
+        if pes.pts_90k.is_none() {
+            let Some(mut split) = self.split.take() else {
+                // A continuation of nothing: it cannot be placed in time.
+                self.stats.h264_errors += 1;
+                return;
+            };
+            if pes.after_loss || split.data.len().saturating_add(pes.data.len()) > MAX_PES_BYTES {
+                // A piece of the unit was lost (or it grew past any sane size): drop it all.
+                self.stats.h264_errors += 1;
+                self.waiting_keyframe = true;
+                self.held.clear();
+                return;
+            }
+            split.data.extend_from_slice(&pes.data);
+            if pes.full_length {
+                self.split = Some(split);
+            } else {
+                self.on_video_au(split.into_pes(), rx_ns, out);
+            }
+            return;
+        }
+        if let Some(split) = self.split.take() {
+            if pes.after_loss {
+                // The unit's tail may be what was lost; `pes` restarts the wait for a keyframe.
+                self.stats.h264_errors += 1;
+            } else {
+                // Its last piece happened to be full-length: it ends where the next one starts.
+                self.on_video_au(split.into_pes(), rx_ns, out);
+            }
+        }
+        if pes.full_length {
+            let data = BytesMut::from(&pes.data[..]);
+            self.split = Some(SplitAu { first: pes, data });
+            return;
+        }
+        self.on_video_au(pes, rx_ns, out);
+    }
+
+    /// A whole video access unit.
+    fn on_video_au(&mut self, pes: Pes, rx_ns: u64, out: &mut Vec<MediaFrame>) {
         let Some(pts) = pes.pts_90k else {
             self.stats.h264_errors += 1;
             return;

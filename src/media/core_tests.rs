@@ -350,3 +350,265 @@ fn a_keyframe_begun_before_the_gate_does_not_pass_it() {
         "only the second GOP (frames 25..48; the last awaits a flush)"
     );
 }
+
+/// How [`remux_video`] writes each video access unit.
+#[derive(Clone, Copy)]
+enum VideoPes {
+    /// One PES without a length (as ffmpeg writes them).
+    Unbounded,
+    /// Bounded pieces: every piece but the last full-length (65535), continuations without PTS.
+    Split,
+}
+
+/// A remuxed capture and, per video access unit, the index of the TS packet holding its last byte.
+struct Remuxed {
+    ts: Vec<u8>,
+    au_last_packet: Vec<usize>,
+}
+
+fn ts_payload(p: &[u8]) -> &[u8] {
+    let afc = (p[3] >> 4) & 3;
+    let start = if afc & 2 != 0 {
+        5 + usize::from(p[4])
+    } else {
+        4
+    };
+    if afc & 1 == 0 || start >= 188 {
+        &[]
+    } else {
+        &p[start..]
+    }
+}
+
+/// TS packets carrying `pes` on `pid`; the last one is stuffed with an adaptation field.
+fn packetize_pes(pid: u16, cc: &mut u8, pes: &[u8]) -> Vec<[u8; 188]> {
+    let mut packets = Vec::new();
+    for (i, chunk) in pes.chunks(184).enumerate() {
+        let mut p = [0xFFu8; 188];
+        p[0] = 0x47;
+        p[1] = (if i == 0 { 0x40 } else { 0 }) | (pid >> 8) as u8;
+        p[2] = pid as u8;
+        let stuffing = 184 - chunk.len();
+        if stuffing == 0 {
+            p[3] = 0x10 | *cc;
+            p[4..].copy_from_slice(chunk);
+        } else {
+            // Adaptation field of `stuffing` bytes: length byte, flags, then 0xFF.
+            p[3] = 0x30 | *cc;
+            p[4] = (stuffing - 1) as u8;
+            if stuffing > 1 {
+                p[5] = 0;
+            }
+            p[4 + stuffing..].copy_from_slice(chunk);
+        }
+        *cc = (*cc + 1) & 0xF;
+        packets.push(p);
+    }
+    packets
+}
+
+/// Rewrites a capture's video PES: each access unit padded with a filler NAL to at least
+/// `pad_to` bytes of payload (so it needs several 64 KiB pieces), written as `how` says, in
+/// place of the original PES; everything else passes through.
+fn remux_video(ts: &[u8], how: VideoPes, pad_to: usize) -> Remuxed {
+    let mut demux = Demuxer::default();
+    let mut events = Vec::new();
+    demux.push(ts, &mut events);
+    let vpid = events
+        .iter()
+        .find_map(|e| match e {
+            DemuxEvent::Program(p) => p
+                .streams
+                .iter()
+                .find(|s| s.stream_type == StreamType::H264)
+                .map(|s| s.pid),
+            _ => None,
+        })
+        .expect("a video stream");
+    let pid_of = |p: &[u8]| (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
+    // The original video PES, each with the index of its first packet.
+    let mut pes: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, p) in ts.chunks_exact(188).enumerate() {
+        if pid_of(p) == vpid {
+            if p[1] & 0x40 != 0 {
+                pes.push((i, Vec::new()));
+            }
+            if let Some((_, buf)) = pes.last_mut() {
+                buf.extend_from_slice(ts_payload(p));
+            }
+        }
+    }
+    let mut cc = 0u8;
+    let mut out = Remuxed {
+        ts: Vec::new(),
+        au_last_packet: Vec::new(),
+    };
+    let mut next = pes.iter().peekable();
+    for (i, p) in ts.chunks_exact(188).enumerate() {
+        if pid_of(p) != vpid {
+            out.ts.extend_from_slice(p);
+            continue;
+        }
+        let Some((_, orig)) = next.next_if(|(first, _)| *first == i) else {
+            continue;
+        };
+        let header_len = 9 + usize::from(orig[8]);
+        let mut es = orig[header_len..].to_vec();
+        if es.len() < pad_to {
+            // Filler data NAL (type 12): 0xFF bytes, then the RBSP stop bit.
+            es.extend_from_slice(&[0, 0, 1, 0x0C]);
+            es.resize(pad_to - 1, 0xFF);
+            es.push(0x80);
+        }
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        match how {
+            VideoPes::Unbounded => {
+                let mut p = orig[..header_len].to_vec();
+                p[4..6].copy_from_slice(&[0, 0]);
+                p.extend_from_slice(&es);
+                pieces.push(p);
+            }
+            VideoPes::Split => {
+                let mut rest = &es[..];
+                let mut first = true;
+                while !rest.is_empty() {
+                    let mut header = if first {
+                        orig[..header_len].to_vec()
+                    } else {
+                        vec![0, 0, 1, orig[3], 0, 0, 0x80, 0, 0]
+                    };
+                    let take = rest.len().min(65535 - (header.len() - 6));
+                    let length = (header.len() - 6 + take) as u16;
+                    header[4..6].copy_from_slice(&length.to_be_bytes());
+                    header.extend_from_slice(&rest[..take]);
+                    pieces.push(header);
+                    rest = &rest[take..];
+                    first = false;
+                }
+            }
+        }
+        for piece in pieces {
+            for packet in packetize_pes(vpid, &mut cc, &piece) {
+                out.ts.extend_from_slice(&packet);
+            }
+        }
+        out.au_last_packet.push(out.ts.len() / 188 - 1);
+    }
+    out
+}
+
+/// What a frame carries, without the receive time: kind, timestamp, body length and hash,
+/// keyframe, droppable; grouped by kind (the order within each kind kept), since when a video
+/// frame leaves relative to audio is what the PES length changes.
+fn content(frames: &[MediaFrame]) -> Vec<(FrameKind, u32, usize, u64, bool, bool)> {
+    use std::hash::{Hash, Hasher};
+    let mut c: Vec<_> = frames
+        .iter()
+        .filter(|f| f.kind != FrameKind::Metadata)
+        .map(|f| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            f.body.hash(&mut h);
+            (
+                f.kind,
+                f.ts_ms,
+                f.body.len(),
+                h.finish(),
+                f.keyframe,
+                f.droppable,
+            )
+        })
+        .collect();
+    c.sort_by_key(|f| f.0 as u8);
+    c
+}
+
+/// Feeds one TS packet per datagram, `rx_ns` = packet index.
+fn run_per_packet(core: &mut MediaCore, ts: &[u8]) -> Vec<MediaFrame> {
+    let mut out = Vec::new();
+    for (i, p) in ts.chunks(188).enumerate() {
+        core.push_datagram(p, i as u64, &mut out);
+    }
+    core.flush(u64::MAX, &mut out);
+    out
+}
+
+#[test]
+fn access_units_split_over_bounded_pes_are_emitted_with_their_last_piece() {
+    // 150 kB per access unit: three pieces, two of them full-length.
+    let unbounded = remux_video(FFMPEG_HIGH, VideoPes::Unbounded, 150_000);
+    let split = remux_video(FFMPEG_HIGH, VideoPes::Split, 150_000);
+    assert_eq!(split.au_last_packet.len(), unbounded.au_last_packet.len());
+    let mut core = MediaCore::new();
+    let whole = run_per_packet(&mut core, &unbounded.ts);
+    let mut core = MediaCore::new();
+    let out = run_per_packet(&mut core, &split.ts);
+    let st = core.stats();
+    assert_eq!((st.h264_errors, st.demux.pes_errors), (0, 0), "{st:?}");
+    assert!(st.video_frames >= 40, "{st:?}");
+    assert_eq!(content(&out), content(&whole));
+    // Each frame leaves with the packet holding its last byte, not with the next PES start.
+    let video_rx = |frames: &[MediaFrame]| -> Vec<u64> {
+        frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Video)
+            .map(|f| f.rx_ns)
+            .collect()
+    };
+    // Per emitted video frame, the packet holding its last byte (the stream starts at a
+    // keyframe a few access units in: align on the last frame, which is the last unit).
+    let last_packets = |r: &Remuxed, n: usize| -> Vec<u64> {
+        let skip = r.au_last_packet.len() - n;
+        r.au_last_packet[skip..].iter().map(|&i| i as u64).collect()
+    };
+    let (split_rx, whole_rx) = (video_rx(&out), video_rx(&whole));
+    // The first frame may have been held for the audio config; every other one leaves with
+    // its last packet when the PES are bounded...
+    let split_last = last_packets(&split, split_rx.len());
+    assert_eq!(split_rx[1..], split_last[1..]);
+    // ... and only when the next video PES starts when they are not.
+    let whole_last = last_packets(&unbounded, whole_rx.len());
+    assert!(
+        whole_rx[1..]
+            .iter()
+            .zip(&whole_last[1..])
+            .all(|(rx, last)| rx > last)
+    );
+}
+
+#[test]
+fn a_lost_piece_drops_its_access_unit_and_video_waits_for_a_keyframe() {
+    let split = remux_video(FFMPEG_HIGH, VideoPes::Split, 150_000);
+    let mut core = MediaCore::new();
+    let whole = content(&run_per_packet(&mut core, &split.ts));
+    // Drop a packet in the middle of the 20th access unit's second piece.
+    let lost = split.au_last_packet[19] - 400;
+    let mut ts = split.ts.clone();
+    ts.drain(lost * 188..(lost + 1) * 188);
+    let mut core = MediaCore::new();
+    let out = content(&run_per_packet(&mut core, &ts));
+    let st = core.stats();
+    assert!(st.h264_errors + st.demux.pes_errors >= 1, "{st:?}");
+    assert!(st.dropped_waiting_keyframe > 0, "{st:?}");
+    // Nothing truncated or invented: every frame out is one of the intact stream's.
+    assert!(out.iter().all(|f| whole.contains(f)));
+    let video: Vec<_> = out.iter().filter(|f| f.0 == FrameKind::Video).collect();
+    let gap = video
+        .windows(2)
+        .position(|w| w[1].1 > w[0].1 + 100)
+        .expect("a gap where the unit was lost");
+    assert!(video[gap + 1].4, "video resumed on a non-keyframe");
+}
+
+#[test]
+fn a_split_unit_whose_last_piece_is_full_length_ends_at_the_next_start() {
+    // 65522 + 65532 bytes: both pieces full-length (ffmpeg's video PES header is 19 bytes), so
+    // the end is only known when the next access unit starts, or at the end of input.
+    let split = remux_video(FFMPEG_HIGH, VideoPes::Split, 65_522 + 65_532);
+    let unbounded = remux_video(FFMPEG_HIGH, VideoPes::Unbounded, 65_522 + 65_532);
+    let mut core = MediaCore::new();
+    let whole = run_per_packet(&mut core, &unbounded.ts);
+    let mut core = MediaCore::new();
+    let out = run_per_packet(&mut core, &split.ts);
+    assert_eq!(core.stats().h264_errors, 0);
+    assert_eq!(content(&out), content(&whole));
+}

@@ -335,6 +335,7 @@ impl PesAssembler {
             random_access: cur.random_access,
             after_loss: cur.after_loss,
             first_packet: cur.first_packet,
+            full_length: header.packet_length == u16::MAX,
         }));
     }
 }

@@ -99,6 +99,10 @@ pub struct Pes {
     /// Index (1-based, as counted in [`DemuxStats::packets`]) of the TS packet this PES
     /// started in: lets the caller tell when its first byte arrived.
     pub first_packet: u64,
+    /// PES_packet_length was 65535, the largest a PES can announce: a video access unit split
+    /// over bounded PES continues in the next PES of the PID, which carries no PTS
+    /// (docs/performance.md, "Removing the PES wait").
+    pub full_length: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
