@@ -168,7 +168,11 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let frames = frames();
-    assert!(frames.len() > 500, "the sample gave {} frames", frames.len());
+    assert!(
+        frames.len() > 500,
+        "the sample gave {} frames",
+        frames.len()
+    );
     let frame_bytes: usize = frames.iter().map(|f| f.body.len()).sum();
     let (mut client, _) = publishing_pair();
     let mut g = c.benchmark_group("rtmp_chunking");

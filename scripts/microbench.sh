@@ -21,8 +21,11 @@ case $mode in
   compare)
     log=$(mktemp); trap 'rm -f "$log"' EXIT
     cargo bench --bench core -- --baseline "$name" "${args[@]}" | tee "$log"
-    if grep -q 'Performance has regressed' "$log" &&
-       awk '/change:/ { gsub(/[\[\]%]/, ""); if ($3 + 0 > 10) bad = 1 } END { exit !bad }' "$log"; then
+    # criterion prints "change:" then "time: [low median high]" (a slowdown is +x %, a
+    # speed-up −x % with a Unicode minus, which reads as 0 here).
+    if awk '/change:/ { c = 1; next }
+            c && /time:/ { gsub(/[\[\]%+]/, ""); if ($3 + 0 > 10) bad = 1; c = 0 }
+            END { exit !bad }' "$log"; then
       echo "microbench: a core got more than 10 % slower than baseline '$name'" >&2
       exit 1
     fi

@@ -259,12 +259,13 @@ pub fn nal_type(nal: &[u8]) -> Option<u8> {
     nal.first().map(|b| b & 0x1F)
 }
 
-/// Position of the next `00 00 01` at or after `from`.
+/// Position of the next `00 00 01` at or after `from`. Emulation prevention keeps this
+/// pattern out of NAL payloads, so it is searched with memchr's vectorised substring search
+/// (most of an access unit's bytes are scanned here; a byte-wise scan was 70 % of the media
+/// core's time in benches/core.rs).
 fn find_start_code(data: &[u8], from: usize) -> Option<usize> {
     let tail = data.get(from..)?;
-    tail.windows(3)
-        .position(|w| w == [0, 0, 1])
-        .map(|p| p + from)
+    memchr::memmem::find(tail, &[0, 0, 1]).map(|p| p + from)
 }
 
 /// Appends to `out` the byte ranges of the NAL units in an Annex-B buffer (start codes of 3 or
