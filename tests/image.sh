@@ -242,6 +242,8 @@ pass "streamed through the VM (${streamed_s} s from the first frame to ended): $
 # ---- Power cut ------------------------------------------------------------------------------
 s2=$(go_live vm-power-cut)
 sleep 2
+# Everything audited so far was committed (synchronous=FULL): it must all be there after the cut.
+pre_seq=$(ctl "$tmp/token" get /v1/audit/verify | jq -r .last_seq) || fail "GET /v1/audit/verify"
 kill -9 "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
 poll 10 completed_at_least 2 || fail "the host receiver still records after qemu was killed"
 n_pub=$(publishes)
@@ -254,13 +256,17 @@ pass "power cut while live; the same disk booted again, healthy ${boot2_s} s aft
 [ "$(ctl "$tmp/token" get /v1/entitlement | jq -r .enabled)" = true ] || fail "the entitlement is no longer on"
 verify=$(ctl "$tmp/token" get /v1/audit/verify) || fail "GET /v1/audit/verify"
 [ "$(jq -r .intact <<<"$verify")" = true ] || fail "audit chain broken after the power cut: $verify"
+[ "$(jq -r .last_seq <<<"$verify")" -ge "$pre_seq" ] || fail "audit entries lost in the power cut (had $pre_seq): $verify"
+ctl "$tmp/token" get '/v1/audit?limit=1000' | jq -e --arg s "$s2" '[.entries[].entry | select(.action == "session.state"
+  and (.target | contains($s)) and (.detail | tostring | test("live -> interrupted")))] | length == 1' >/dev/null ||
+  fail "no audit entry for the session's live -> interrupted at boot"
 [ "$(state "$s1")" = ended ] || fail "the stopped session is $(state "$s1") after the power cut"
 [ "$(state "$s2")" = interrupted ] || fail "the live session came back $(state "$s2"), not interrupted"
 # The fabric keeps sending media and acknowledging: nothing may reach the host.
 sleep 6
 [ "$(publishes)" = "$n_pub" ] || fail "a publish reached the host after the power cut"
 [ "$(state "$s2")" = interrupted ] || fail "the interrupted session became $(state "$s2")"
-pass "after the power cut: profile, entitlement and audit chain intact ($(jq -c . <<<"$verify")), session interrupted, nothing streamed in 6 s"
+pass "after the power cut: profile, entitlement and audit chain intact ($(jq -c . <<<"$verify"); $pre_seq before the cut), session interrupted (audited), nothing streamed in 6 s"
 # Only a new confirm by its owner makes it live again (and the restored store still unseals the
 # profile's stream key, and the fabric acknowledges the new boot's indicator).
 ctl "$tmp/sub.token" post "/v1/sessions/$s2/rearm" >/dev/null || fail "rearm the interrupted session"
