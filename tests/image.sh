@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The appliance image, tested by booting it (TCG only: never KVM):
-#  1. build the qemu-x86_64 image twice: the root squashfs must be byte-identical;
+#  1. build the qemu-x86_64 image twice: the root squashfs must be byte-identical; the A/B
+#     layout as far as it exists (both root slots, one UKI per slot, slot a by default), read
+#     from the image without mounting it;
 #  2. boot it (OVMF + systemd-boot, 2 vCPU) with a provisioned admin token (fw_cfg), wait for
 #     GET /healthz over the forwarded port (bounded), then GET /v1/system: onair is PID 1, the
 #     root is a read-only squashfs, /data is ext4; the first-boot banner is on the console;
@@ -52,6 +54,44 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A/B as far as it exists (docs/image.md): both root slots hold the built squashfs; the ESP has
+# one UKI per slot (same kernel and initramfs, onair.slot=a|b) and boots slot a. Read from the
+# image itself (GPT parsed here, the ESP read with mtools at its offset): no loop device.
+esp_off=$(python3 - "$img" "$out/root.sqfs" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "rb")
+f.seek(512); h = f.read(92)
+assert h[:8] == b"EFI PART", "no GPT header"
+lba, n, size = struct.unpack_from("<QII", h, 72)
+parts = {}
+for i in range(n):
+    f.seek(lba * 512 + i * size); e = f.read(size)
+    if e[:16] != bytes(16):
+        first, last = struct.unpack_from("<QQ", e, 32)
+        parts[e[56:128].decode("utf-16-le").rstrip("\0")] = first * 512
+root = open(sys.argv[2], "rb").read()
+for slot in ("root_a", "root_b"):
+    f.seek(parts[slot])
+    assert f.read(len(root)) == root, f"{slot} does not hold root.sqfs"
+print(parts["esp"])
+PY
+) || fail "GPT: root_a/root_b do not both hold root.sqfs"
+mkdir -p "$tmp/esp"
+MTOOLS_SKIP_CHECK=1 mcopy -n -i "$img@@$esp_off" ::/EFI/Linux/onair-a.efi ::/EFI/Linux/onair-b.efi \
+  ::/loader/loader.conf "$tmp/esp/" || fail "reading the ESP"
+for slot in a b; do
+  for sec in cmdline linux initrd; do
+    objcopy --dump-section ".$sec=$tmp/esp/$slot.$sec" "$tmp/esp/onair-$slot.efi" "$tmp/esp/scratch" ||
+      fail "onair-$slot.efi has no .$sec section"
+  done
+  grep -q "onair.slot=$slot " "$tmp/esp/$slot.cmdline" || fail "onair-$slot.efi: cmdline $(cat "$tmp/esp/$slot.cmdline")"
+done
+cmp -s "$tmp/esp/a.linux" "$tmp/esp/b.linux" && cmp -s "$tmp/esp/a.initrd" "$tmp/esp/b.initrd" ||
+  fail "the slots' UKIs carry different kernels or initramfs"
+grep -qx 'default onair-a.efi' "$tmp/esp/loader.conf" || fail "loader.conf: $(cat "$tmp/esp/loader.conf")"
+rm -rf "$tmp/esp"
+pass "A/B layout: root_a and root_b hold root.sqfs; onair-a.efi and onair-b.efi (same kernel and initramfs, onair.slot=a|b); systemd-boot defaults to slot a"
+
 api=$(free_port); ingest=$(free_port)
 token="onair_$(openssl rand -hex 32)"
 printf '%s' "$token" > "$tmp/token"
