@@ -316,6 +316,7 @@ poll 15 is_state "$s2" ended || fail "re-confirmed session not ended within 15 s
 pass "the interrupted session went live again only after rearm + a new confirm, and stopped"
 
 # ---- Power button ---------------------------------------------------------------------------
+t_button=$(now)
 python3 - "$out/run/qmp.sock" <<'PY' || fail "QMP system_powerdown"
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
@@ -326,11 +327,12 @@ for cmd in ("qmp_capabilities", "system_powerdown"):
 PY
 for _ in $(seq 1 120); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
 if kill -0 "$qemu_pid" 2>/dev/null; then tail -20 "$log2" >&2; fail "no power off within 60 s of the power button"; fi
+off_s=$(since "$t_button")
 wait "$qemu_pid" || true
 qemu_pid=
 grep -q 'power button pressed' "$log2" && grep -q '/data unmounted' "$log2" && grep -q 'onair: power off' "$log2" ||
   { tail -20 "$log2" >&2; fail "unclean power off"; }
-pass "power button → service stopped, /data unmounted, powered off"
+pass "power button → service stopped, /data unmounted, powered off (qemu gone ${off_s} s after the button)"
 kill "$fabric_pid" "$rx_pid" 2>/dev/null || true
 wait "$fabric_pid" "$rx_pid" 2>/dev/null || true
 fabric_pid= rx_pid=
