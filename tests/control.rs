@@ -623,3 +623,83 @@ async fn kill_9_while_live_comes_back_interrupted_and_silent() {
     drop(fabric);
     drop(proc);
 }
+
+/// Stopping the service ends the fabric's indicator event stream at once: an open subscription
+/// (the fabric always has one) used to hold every shutdown, e.g. the appliance's power button,
+/// for the whole 5 s drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_the_indicator_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("ctl_shutdown_sse");
+    let mut config = onair::config::RunConfig {
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    config.api.listen = ([127, 0, 0, 1], 0).into();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = onair::run::start(&config, async move {
+        let _ = stop_rx.await;
+    })
+    .await
+    .expect("onair run");
+    let api = Api {
+        port: service.api.local_addr().port(),
+    };
+    let admin = Secret::new(
+        std::fs::read_to_string(service.admin_token_file.clone().expect("first start"))
+            .expect("token")
+            .trim(),
+    );
+    let fabric = api
+        .ok(
+            "POST",
+            "/v1/tokens",
+            &admin,
+            Some(json!({"role": "fabric", "label": "mcu"})),
+        )
+        .await;
+    let token = fabric["token"].as_str().expect("token");
+    // A subscription: the request sent, the response head read.
+    let mut sse = tokio::net::TcpStream::connect(("127.0.0.1", api.port))
+        .await
+        .expect("connect");
+    sse.write_all(
+        format!(
+            "GET /v1/fabric/indicators HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut buf))
+            .await
+            .expect("response head in time")
+            .expect("read");
+        assert!(n > 0, "closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"),
+        "{head}"
+    );
+    let t0 = Instant::now();
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), service.api.join())
+        .await
+        .expect("the API stopped");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "shutdown waited {took:?} for the open indicator stream"
+    );
+    // And the fabric sees its stream end (not just a silent connection).
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        while sse.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(end.is_ok(), "the indicator stream did not end");
+}

@@ -37,6 +37,12 @@ use crate::{bail, err};
 /// How long shutdown waits for open connections to finish their request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Turns true when the server starts shutting down; in every request's extensions, so that
+/// endless responses (the fabric's indicator event stream) end and the drain does not wait
+/// [`DRAIN_TIMEOUT`] for them.
+#[derive(Clone, Debug)]
+pub struct ShuttingDown(pub watch::Receiver<bool>);
+
 /// Transport security of the API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -252,7 +258,9 @@ async fn serve_http<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(router.clone(), req, peer, limits));
+    let shutting_down = ShuttingDown(stop.clone());
+    let svc =
+        service_fn(move |req| handle(router.clone(), req, peer, limits, shutting_down.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -279,6 +287,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     limits: Limits,
+    shutting_down: ShuttingDown,
 ) -> std::result::Result<Response<Body>, Infallible> {
     let limit = limits.max_body_bytes;
     let declared = req
@@ -298,6 +307,7 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(PeerAddr(peer));
     parts.extensions.insert(BodyLimit(limit));
+    parts.extensions.insert(shutting_down);
     let req = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
     let mut router = router;
     let call = tower::Service::call(&mut router, req);

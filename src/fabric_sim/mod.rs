@@ -256,10 +256,11 @@ fn split_api_args(args: &[String]) -> Result<(Vec<String>, Option<indicator::Ind
             "--api" => url = Some(value()?),
             "--token-file" => token_file = Some(value()?),
             "--ca" => trust = Some(crate::ctl::Trust::Ca(PathBuf::from(value()?))),
+            // The device certificate's SHA-256, as the console and `onair ctl --pin` show it.
             "--pin" => {
-                trust = Some(crate::ctl::Trust::Pin(crate::egress::tls::parse_pin(
-                    &value()?,
-                )?))
+                trust = Some(crate::ctl::Trust::Pin(
+                    crate::api::tls::require_fingerprint(&value()?)?,
+                ))
             }
             "--insecure-loopback" => trust = Some(crate::ctl::Trust::InsecureLoopback),
             "--token" => crate::bail!(
@@ -442,6 +443,46 @@ mod tests {
             0,
             "only the first packet of the PID"
         );
+    }
+
+    #[test]
+    fn pin_takes_the_fingerprint_as_ctl_does() {
+        // The console prints the device certificate's fingerprint with colons; `onair ctl
+        // --pin` takes that form, and so must the fabric's side (it used to take bare hex only).
+        let dir = std::env::temp_dir().join(format!("onair-fabric-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("fabric.token");
+        std::fs::write(&token, "onair_test\n").expect("token");
+        let trust = |pin: &str| {
+            let args: Vec<String> = [
+                "--to",
+                "127.0.0.1:5000",
+                "--api",
+                "https://127.0.0.1:8443",
+                "--token-file",
+                &token.display().to_string(),
+                "--pin",
+                pin,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            match split_api_args(&args) {
+                Ok((media, Some(c))) => {
+                    assert_eq!(media, ["--to", "127.0.0.1:5000"]);
+                    Some(c.trust)
+                }
+                _ => None,
+            }
+        };
+        let fp = "56:30:EE:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+        let with_colons = trust(fp).expect("the colon form, as the console prints it");
+        assert_eq!(
+            Some(with_colons),
+            trust(&fp.replace(':', "").to_lowercase())
+        );
+        assert_eq!(trust("56:30"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

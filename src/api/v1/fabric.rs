@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{V1, actor, submit};
 use crate::api::auth::PeerAddr;
+use crate::api::server::ShuttingDown;
 use crate::api::{ApiError, Principal, Role as ApiRole, Routes, require};
 use crate::control::consent::Command;
 use crate::control::supervisor::IndicatorEvent;
@@ -47,13 +48,22 @@ impl futures_core::Stream for ChannelBody {
     }
 }
 
-async fn events(p: Principal, State(v1): State<V1>) -> Result<Response, ApiError> {
+async fn events(
+    p: Principal,
+    shutting_down: Option<Extension<ShuttingDown>>,
+    State(v1): State<V1>,
+) -> Result<Response, ApiError> {
     require(&p, &[ApiRole::Fabric])?;
+    // Without the server's signal (a router driven directly): one that never fires; its sender
+    // lives as long as the stream (a dropped sender would end the stream at once).
+    let (never, idle) = tokio::sync::watch::channel(false);
+    let mut stopping = shutting_down.map_or(idle, |Extension(ShuttingDown(rx))| rx);
     let (now, mut changes) = v1.control.indicators();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let control = v1.control.clone();
     let token_id = p.token_id.clone();
     tokio::spawn(async move {
+        let _never = never;
         for ev in &now {
             if tx.send(sse(ev)).await.is_err() {
                 return;
@@ -68,6 +78,8 @@ async fn events(p: Principal, State(v1): State<V1>) -> Result<Response, ApiError
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+                // The server is stopping: end the stream so the connection can close now.
+                _ = stopping.wait_for(|s| *s) => return,
             };
             if tx.send(item).await.is_err() {
                 return; // the fabric went away
