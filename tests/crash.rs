@@ -47,10 +47,10 @@ impl Svc {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = call(self.addr, "GET", "/healthz", None, None).await {
-                if r.status == 200 {
-                    return;
-                }
+            if let Ok(r) = call(self.addr, "GET", "/healthz", None, None).await
+                && r.status == 200
+            {
+                return;
             }
             if let Some(st) = self.proc.exited() {
                 panic!(
@@ -644,6 +644,141 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
+const LIVE_KEY: &str = "sk-diskfull-live";
+
+/// A session streaming for real: `onair receive` (in this process, plain RTMP) as the ingest,
+/// fabric-sim playing the bundled clip, and the fabric's indicator client acknowledging.
+struct Live {
+    rx: onair::receive::ReceiverHandle,
+    media_stop: Arc<std::sync::atomic::AtomicBool>,
+    media: Option<std::thread::JoinHandle<()>>,
+    indicator_stop: tokio::sync::watch::Sender<bool>,
+    session: String,
+}
+
+impl Live {
+    async fn start(dir: &Path, addr: SocketAddr, admin: &str, sub: &str) -> Live {
+        use onair::receive::config::{ReceiverConfig, StreamConfig};
+        let mut c = ReceiverConfig::new(
+            dir.join("rec"),
+            vec![StreamConfig::new(
+                "meeting",
+                "live",
+                onair::secret::Secret::new(LIVE_KEY),
+            )],
+        );
+        c.listen = ([127, 0, 0, 1], 0).into();
+        let rx = onair::receive::start(c).await.expect("receiver");
+        let rx_port = rx.local_addr().port();
+        let mut pol = policy(5000);
+        pol["allow_plain_rtmp"] = json!(true);
+        pol["indicator_ack_timeout_ms"] = json!(10_000);
+        ok(addr, "PUT", "/v1/policy", admin, Some(pol)).await;
+        let fabric = ok(
+            addr,
+            "POST",
+            "/v1/tokens",
+            admin,
+            Some(json!({"role": "fabric", "label": "mcu"})),
+        )
+        .await["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let profile = ok(
+            addr,
+            "POST",
+            "/v1/profiles",
+            sub,
+            Some(json!({"name": "live",
+            "service": "custom", "url": format!("rtmp://localhost:{rx_port}/live"),
+            "stream_key": LIVE_KEY})),
+        )
+        .await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port();
+        let s = ok(
+            addr,
+            "POST",
+            "/v1/sessions",
+            sub,
+            Some(json!({"profile_id": profile,
+            "meeting_id": "all-hands", "source": format!("udp://127.0.0.1:{udp}")})),
+        )
+        .await;
+        let session = s["id"].as_str().expect("id").to_owned();
+        let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opts = onair::fabric_sim::SimOptions {
+            file: Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample.ts"),
+            to: ([127, 0, 0, 1], udp).into(),
+            packets_per_datagram: 7,
+            loops: None,
+            rtp: false,
+            stop: Some(media_stop.clone()),
+        };
+        let media = std::thread::spawn(move || {
+            let _ = onair::fabric_sim::run(&opts);
+        });
+        let (indicator_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = onair::fabric_sim::indicator::IndicatorConfig {
+            target: onair::ctl::Target {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+            },
+            trust: onair::ctl::Trust::InsecureLoopback,
+            token: onair::secret::Secret::new(&fabric),
+            heartbeat: Duration::from_millis(500),
+        };
+        tokio::spawn(onair::fabric_sim::indicator::run(
+            cfg,
+            onair::fabric_sim::indicator::Shown::default(),
+            stop_rx,
+        ));
+        let path = format!("/v1/sessions/{session}/confirm");
+        let b = json!({ "confirm_id": s["confirm_id"] });
+        ok(addr, "POST", &path, sub, Some(b)).await;
+        let live = Live {
+            rx,
+            media_stop,
+            media: Some(media),
+            indicator_stop,
+            session,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while live.rx.stats().publishes_accepted < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "never went live: {:?}",
+                live.rx.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        live
+    }
+
+    /// Whether the ingest still receives (the publish has not ended).
+    fn streaming(&self) -> bool {
+        self.rx.stats().files_completed.is_empty()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.media_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.indicator_stop.send(true);
+        if let Some(m) = self.media.take() {
+            let _ = m.join();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_data_disk_answers_an_error_and_writes_nothing_half() {
     let dir = temp("crash_diskfull");
@@ -668,6 +803,9 @@ async fn full_data_disk_answers_an_error_and_writes_nothing_half() {
             "url": INGEST_URL, "stream_key": format!("key-{i}")});
         before.push(ok(addr, "POST", "/v1/profiles", &sub, Some(b)).await["id"].clone());
     }
+    let live = Live::start(&dir, addr, &admin, &sub).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(live.streaming());
     let filler = fill(&mnt.0);
     // Writes until the store refuses one (WAL pages already allocated can absorb a few).
     let (mut acked_while_full, mut failed) = (Vec::new(), None);
@@ -698,6 +836,17 @@ async fn full_data_disk_answers_an_error_and_writes_nothing_half() {
     }
     let (failed_name, failed_resp) = failed.expect("the store never reported the full disk");
     let full_ms = t0.elapsed().as_millis();
+    // Fail safe: consent can no longer be recorded, so the live session stops streaming.
+    let t_refused = Instant::now();
+    while live.streaming() {
+        assert!(
+            t_refused.elapsed() < Duration::from_secs(5),
+            "still streaming 5 s after the store refused a write: {:?}",
+            live.rx.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let egress_stopped_ms = t_refused.elapsed().as_millis();
     // Still up: reads answer, more writes get the same clear error, no crash.
     assert!(svc.proc.exited().is_none(), "onair run died on a full disk");
     let sys = call(addr, "GET", "/v1/profiles", Some(&admin), None)
@@ -751,11 +900,20 @@ async fn full_data_disk_answers_an_error_and_writes_nothing_half() {
         pol["indicator_grace_ms"], 7777,
         "a refused policy write landed"
     );
+    let path = format!("/v1/sessions/{}", live.session);
+    let st = ok(addr, "GET", &path, &admin, None).await;
+    assert!(
+        !matches!(st["state"].as_str(), Some("starting" | "live" | "stopping")),
+        "{st}"
+    );
+    let publishes = live.rx.stats().publishes_accepted;
+    drop(live);
     svc.proc.kill9();
     integrity_check(&data.join("onair.db"));
     println!(
         "crash-result: scenario=disk_full fs=tmpfs:6m status={} error={} acked_before_refusal={} \
-         refused_after_ms={full_ms} service_up=true audit_intact=true failed_write_absent=true",
+         refused_after_ms={full_ms} live_egress_stopped_ms={egress_stopped_ms} \
+         publishes={publishes} service_up=true audit_intact=true failed_write_absent=true",
         failed_resp.status,
         failed_resp.json()["error"],
         acked_while_full.len()

@@ -308,7 +308,9 @@ async fn flood(api: &Client, rate: u64, secs: u64) -> (Seen, f64) {
             match r {
                 Ok(r) => {
                     *s.by_status.entry(r.status).or_default() += 1;
-                    if r.status >= 400 && r.status != 400 && !r.is_error_shape() {
+                    // Every error has the one shape, except hyper's bare 400 for bytes that
+                    // are not HTTP at all (kind 8: no route ever saw them).
+                    if r.status >= 400 && kind != 8 && !r.is_error_shape() {
                         s.bad_shape += 1;
                     }
                     if r.status >= 500 {
@@ -489,9 +491,9 @@ async fn api_slowloris_and_oversized_headers() {
     );
 }
 
-async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
@@ -778,7 +780,7 @@ fn huge_chunk(_: u64) -> Vec<u8> {
 fn amf_garbage(n: u64) -> Vec<u8> {
     let mut rng = Rng::new(n.wrapping_mul(0x9e37_79b9) | 1);
     let body: Vec<u8> = (0..120).map(|_| rng.next() as u8).collect();
-    let mut v = chunk0(3, 20, 120, &body[..120.min(128)]);
+    let mut v = chunk0(3, 20, 120, &body);
     // And a "connect" whose AMF is cut short and lies about its lengths.
     v.extend(chunk0(
         3,
