@@ -96,6 +96,9 @@ pub struct ChunkGuard {
     chunk_left: u32,
     message: Option<InProgress>,
     commands: u32,
+    /// Whether media-sized messages are allowed; when not, every message is capped at
+    /// `max_amf_message_bytes` (see [`ChunkGuard::set_media_allowed`]).
+    media_allowed: bool,
 }
 
 impl ChunkGuard {
@@ -108,7 +111,16 @@ impl ChunkGuard {
             chunk_left: 0,
             message: None,
             commands: 0,
+            media_allowed: true,
         }
+    }
+
+    /// Allows (default) or forbids media-sized messages. The receiver forbids them until a
+    /// publish is accepted: rml_rtmp reserves a message's whole announced length at its first
+    /// chunk, so without this an unauthenticated peer could make it hold `max_message_bytes`
+    /// (8 MiB) per connection.
+    pub fn set_media_allowed(&mut self, allowed: bool) {
+        self.media_allowed = allowed;
     }
 
     /// Vets `input`. On a violation returns how many leading bytes of `input` were fine (they
@@ -258,11 +270,17 @@ impl ChunkGuard {
         let collect_cap = match t {
             1..=7 => MAX_CONTROL_BYTES,
             15..=20 => self.limits.max_amf_message_bytes,
+            _ if !self.media_allowed => self.limits.max_amf_message_bytes,
             _ => self.limits.max_message_bytes,
         };
         if hdr.message_length > collect_cap {
+            let when = if self.media_allowed {
+                ""
+            } else {
+                " before a publish was accepted"
+            };
             return Err(Violation::Limit(format!(
-                "message of type {t} is {} bytes, over the {collect_cap}-byte limit",
+                "message of type {t} is {} bytes, over the {collect_cap}-byte limit{when}",
                 hdr.message_length
             )));
         }
@@ -586,5 +604,30 @@ mod tests {
         let mut g = ChunkGuard::new(GuardLimits::default());
         let big = [0x06, 0, 0, 0, 0x90, 0, 0, 9, 1, 0, 0, 0];
         assert!(matches!(g.check(&big), Err((0, Violation::Limit(_)))));
+    }
+
+    /// Regression (issue 6, hostile clients): before a publish, a peer could announce an
+    /// 8 MiB video message, which rml_rtmp reserves whole: 20 such connections took the
+    /// receiver from 17 to 100 MiB RSS.
+    #[test]
+    fn media_sized_messages_refused_until_allowed() {
+        // A 1 MiB video message header on csid 6.
+        let header = [0x06, 0, 0, 0, 0x10, 0, 0, 9, 1, 0, 0, 0];
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        let (ok, v) = g.check(&header).expect_err("refused before publish");
+        assert_eq!(ok, 0);
+        assert!(
+            matches!(v, Violation::Limit(ref m) if m.contains("before a publish")),
+            "{v:?}"
+        );
+        // Small messages (AMF-sized) still pass, so connect/publish work.
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        assert_eq!(g.check(&[0x06, 0, 0, 0, 0, 0, 0x10, 9, 1, 0, 0, 0]), Ok(()));
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        g.set_media_allowed(true);
+        assert_eq!(g.check(&header), Ok(()));
     }
 }

@@ -777,6 +777,22 @@ fn huge_chunk(_: u64) -> Vec<u8> {
     v
 }
 
+fn big_media_before_publish(_: u64) -> Vec<u8> {
+    // No connect, no publish: chunk size 64 KiB (allowed), then a video message announcing
+    // 8 MiB (the media limit) of which 4 MiB are sent, properly chunked.
+    let mut v = chunk0(2, 1, 4, &65_536u32.to_be_bytes());
+    let body = vec![0x27u8; 4 << 20];
+    for (i, c) in body.chunks(65_536).enumerate() {
+        if i == 0 {
+            v.extend(chunk0(6, 9, 8 << 20, c));
+        } else {
+            v.push(0xc0 | 6);
+            v.extend_from_slice(c);
+        }
+    }
+    v
+}
+
 fn amf_garbage(n: u64) -> Vec<u8> {
     let mut rng = Rng::new(n.wrapping_mul(0x9e37_79b9) | 1);
     let body: Vec<u8> = (0..120).map(|_| rng.next() as u8).collect();
@@ -829,6 +845,7 @@ async fn receiver_half_open_huge_chunks_and_amf_garbage() {
     for (name, f) in [
         ("rtmp_chunk_size_2g", huge_chunk as fn(u64) -> Vec<u8>),
         ("rtmp_amf_garbage", amf_garbage),
+        ("rtmp_8mib_media_before_publish", big_media_before_publish),
     ] {
         let mut out = (0, 0);
         let m = measure(
