@@ -57,11 +57,34 @@ for d in crash:
             c.append(f"| full data disk ({d.get('fs','?')}) | write refused with **{d['status']} "
                      f"`{d['error'].strip(chr(34))}`** and the error shape after {d['refused_after_ms']} ms; "
                      f"{d['acked_before_refusal']} writes acknowledged after the fill (all kept); the live "
-                     f"session's egress aborted {d.get('live_egress_stopped_ms','?')} ms after the refusal "
-                     "(fail safe); service stayed up (reads answer); after freeing space writes work "
+                     f"session's egress had stopped {d.get('live_egress_stopped_ms','?')} ms after that refusal "
+                     "(fail safe: `store failure: aborting every relay`; the ingest saw the publish end); service stayed up (reads answer); after freeing space writes work "
                      "again without restart; after kill -9 + restart: store opens, audit intact, refused "
                      "write absent, acknowledged writes present |")
-c += ["", "<!-- crash:end -->"]
+c += ["",
+      "How the checker decides. A write answered 2xx must be there after the restart (creates "
+      "present, deletes absent, every confirmed/cancelled session no longer awaiting a confirm); a "
+      "write still unanswered at the kill may have landed or not, and later iterations go by what "
+      "the store shows. Policy writes come from one writer, so the policy must hold the last "
+      "acknowledged value or one sent after it. The audit log is read incrementally across "
+      "restarts: seqs gapless, each new entry chained (`prev_hash`) to the last one seen before "
+      "the kill, `GET /v1/audit/verify` intact, and every acknowledged write has its entry "
+      "(action, target, outcome `ok`), each writer's in the order they were acknowledged. Every "
+      "8th kill the database is opened directly and `PRAGMA integrity_check` must say `ok`.",
+      "",
+      "Full disk. The state dir is on a 6 MiB tmpfs (`mount -t tmpfs -o size=6m`; the sandbox "
+      "runs the tests as root; without mount rights the scenario prints `skipped=…` instead of "
+      "faking it), filled with a file until ENOSPC while a session is live (real `onair receive` "
+      "ingest, fabric-sim feed, indicator acknowledged). SQLite returns `SQLITE_FULL`; the store "
+      "rolls the transaction back (not poisoned: a full disk is not an unknown commit outcome); "
+      "the supervisor fails safe — it aborts every relay, because consent can no longer be "
+      "recorded — and the API answers `503 {\"error\":\"unavailable\",\"message\":\"the "
+      "appliance could not record this change (storage); nothing was changed\"}`. Reads keep "
+      "working. No bug was found on this path.",
+      "",
+      "Not covered here: power loss (kill -9 keeps the page cache; `synchronous=FULL` is what "
+      "covers power loss, by design, untested here), a disk that returns EIO.",
+      "", "<!-- crash:end -->"]
 
 h = ["<!-- hostile:begin -->", "## Hostile clients (`tests/hostile.rs`)", "",
      f"Measured {when} (wall time of the suite: {times.get('hostile', '?')} s, scenarios two at a time "
@@ -77,7 +100,53 @@ for d in hostile:
     extra = " ".join(f"{k}={v}" for k, v in d.items() if k not in skip)
     h.append(f"| {d['scenario']} | {d['p50_ms']} / {d['p99_ms']} | {d['ok']} | "
              f"{d['rss_base_mib']} → {d['rss_peak_mib']} → {d['rss_after_mib']} | {d['fds']} | {extra} |")
-h += ["", "<!-- hostile:end -->"]
+h += ["",
+      "Limits in place (checked before the attacks): header read timeout 10 s (hyper; it also "
+      "bounds idle keep-alive connections), TLS handshake bounded by the same 10 s, 30 s per "
+      "request, body 64 KiB answered 413 from `Content-Length` before reading, request heads "
+      "beyond ~100–300 KB answered 431, failed-auth limiter per address (burst 10, 10/min, "
+      "IPv6 by /64, 4096 addresses), at most 512 connections (was 256). The fabric's SSE stream "
+      "(`GET /v1/fabric/indicators`, fabric token) is long-lived and bounded only by the "
+      "connection caps. `onair receive`: 64 connections, 10 s idle timeout (handshakes "
+      "included), the chunk/message/AMF limits of `src/rtmp_guard.rs`.",
+      "",
+      "Bugs found and fixed (regression tests in parentheses):",
+      "",
+      "1. **Slowloris lockout of the admin API.** One host opening 256+ trickling connections "
+      "held every connection slot until the 10 s header timeout; valid clients waited in the "
+      "listen backlog. Before the fix (500 connections, 300 from one host): p99 5001 ms, 2 of 108 "
+      "valid requests failed at the client's 5 s timeout. Fix: a per-address cap (32 of 512, "
+      "`ApiConfig::max_connections_per_address`, defaults of `onair run`; `src/conn_limit.rs`); "
+      "connections over it are closed at accept. (`hostile::api_slowloris_and_oversized_headers`, "
+      "`conn_limit::tests::*`, `api_infra::connections_beyond_the_cap_wait` unchanged.)",
+      "2. **Brute force locked out the admin.** The limiter answered 429 to every request "
+      "carrying credentials from a blocked address, valid token or not: an attacker behind the "
+      "admin's NAT or jump host locked the admin out (before: 0 of 502 admin requests from the "
+      "attacker's address succeeded). Fix: a token that already authenticated from that address "
+      "keeps working (the address remembers up to 4 token hashes); every guess, and a valid token "
+      "never seen from there, still gets 429, so guessing gains nothing. "
+      "(`hostile::api_auth_brute_force_is_limited_and_locks_no_one_out`, "
+      "`api_infra::brute_force_does_not_lock_out_a_token_already_used_from_that_address`, "
+      "`auth::tests::a_token_that_worked_from_an_address_survives_its_block`.)",
+      "3. **Half-open RTMP connections locked out publishers.** 64 half-open handshakes from one "
+      "host took all 64 receiver slots for the 10 s idle timeout (before: 1 of 402 valid "
+      "handshakes succeeded during the attack). Fix: `max_connections_per_address` (default 16) "
+      "in `onair receive`. (`hostile::receiver_half_open_huge_chunks_and_amf_garbage`.)",
+      "4. **Unauthenticated 8 MiB reservations in the receiver.** Before any `connect`/`publish`, "
+      "a peer could announce a video message of `max_message_bytes` (8 MiB), which rml_rtmp "
+      "reserves whole at the first chunk, and hold it to the idle timeout: 20 such connections "
+      "took RSS from 17 to 100 MiB (64 connections: > 512 MiB). Fix: until a publish is accepted "
+      "every message is capped at `max_amf_message_bytes` (64 KiB); the connection is closed at "
+      "the header. (`rtmp_guard::tests::media_sized_messages_refused_until_allowed`, "
+      "`hostile::…` scenario `rtmp_8mib_media_before_publish`: peak 16 MiB, all closed.)",
+      "",
+      "Residual limits: an attacker with more addresses than the caps allow (512/32 = 16 for the "
+      "API, 64/16 = 4 for the receiver) can still fill every slot until the 10 s timeouts; one "
+      "run under parallel load once showed the receiver at 182 MiB RSS after the AMF-garbage "
+      "attack (not reproduced in three later runs; possibly the media-sized reservations fixed "
+      "above, reached through garbage headers); the load generator shares the 2 cores with the "
+      "service, so the achieved rate (`rate=`) is reported rather than assumed.",
+      "", "<!-- hostile:end -->"]
 
 doc = pathlib.Path("docs/reliability.md")
 text = doc.read_text() if doc.exists() else "# Reliability and security: measured\n\n"
