@@ -10,6 +10,7 @@
 //!   accepts any `SetChunkSize` up to 2^31 (0 makes it mis-frame).
 //! - `rml_amf0` decodes nested objects/arrays recursively: a deep nest overflows the stack.
 //! - `@setDataFrame` with fewer than two following values indexes out of bounds.
+//! - A command (type 17/20) that decodes to fewer than three values panics in `drain(..3)`.
 //! - A `WindowAcknowledgement` size near 2^32 overflows its u32 byte counter.
 //! - Every `createStream` adds a map entry that is never bounded.
 //!
@@ -331,7 +332,17 @@ impl ChunkGuard {
                 } else {
                     &data[..]
                 };
-                amf0_scan(body, self.limits.max_amf_depth).map(|_| ())
+                // rml_rtmp takes the first three values with `drain(..3)`, which panics on
+                // fewer (e.g. a body that is just an object-end marker).
+                let top = amf0_scan(body, self.limits.max_amf_depth)?;
+                if top.len() < 3 {
+                    return Err(Violation::Malformed(format!(
+                        "AMF command with {} values (name, transaction id and command object \
+                         needed)",
+                        top.len()
+                    )));
+                }
+                Ok(())
             }
             15 | 18 => check_data_message(&data, self.limits.max_amf_depth),
             _ => Ok(()),

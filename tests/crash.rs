@@ -599,6 +599,12 @@ async fn kill_9_under_writes_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
     assert!(iters >= 10, "too few iterations ({iters}) to mean anything");
+    let log = std::fs::read_to_string(&svc.log).unwrap_or_default();
+    assert!(
+        !log.contains("panicked"),
+        "onair run panicked: see {}",
+        svc.log.display()
+    );
     assert!(m.acked_total > 0);
 }
 
