@@ -286,7 +286,7 @@ fn largest_mappings(pid: u32) -> String {
             maps.push((kib, current.clone()));
         }
     }
-    maps.sort_by(|a, b| b.0.cmp(&a.0));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
     maps.iter()
         .take(3)
         .map(|(k, n)| format!("{n}:{k}kB"))
