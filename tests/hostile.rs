@@ -421,7 +421,9 @@ async fn api_flood_of_mixed_requests() {
         seen.bad_shape, 0,
         "an error without the error shape, or a 5xx"
     );
-    assert!(rate > 500.0, "the load generator reached only {rate:.0}/s");
+    // The generator shares the cores with the service and other builds: it aims at 1000/s and
+    // reports what it reached; only a rate too low to be a flood fails.
+    assert!(rate > 150.0, "the load generator reached only {rate:.0}/s");
 }
 
 /// Opens `n` connections from `from` that send a request head one byte every `every`, for
