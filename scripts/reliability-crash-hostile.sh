@@ -93,13 +93,14 @@ h = ["<!-- hostile:begin -->", "## Hostile clients (`tests/hostile.rs`)", "",
      "the TLS scenario; a full RTMP handshake for the receiver). RSS/fds of the service process from "
      "/proc. Bounds asserted: every valid request succeeds, p99 < 1 s, RSS < 200 MiB and back near "
      "its baseline, no fd leak, no crash.", "",
-     "| scenario | valid p50 / p99 (ms) | valid ok | RSS base → peak → after (MiB) | fds base/peak/after | what the attacker saw |",
-     "|---|---|---|---|---|---|"]
+     "| scenario | valid p50 / p99 (ms) | valid ok | RSS base → peak → after (MiB) | fds base/peak/after | threads peak | what the attacker saw |",
+     "|---|---|---|---|---|---|---|"]
 for d in hostile:
-    skip = {"scenario", "p50_ms", "p99_ms", "ok", "rss_base_mib", "rss_peak_mib", "rss_after_mib", "fds"}
+    skip = {"scenario", "p50_ms", "p99_ms", "ok", "rss_base_mib", "rss_peak_mib", "rss_after_mib", "fds", "threads_peak"}
     extra = " ".join(f"{k}={v}" for k, v in d.items() if k not in skip)
     h.append(f"| {d['scenario']} | {d['p50_ms']} / {d['p99_ms']} | {d['ok']} | "
-             f"{d['rss_base_mib']} → {d['rss_peak_mib']} → {d['rss_after_mib']} | {d['fds']} | {extra} |")
+             f"{d['rss_base_mib']} → {d['rss_peak_mib']} → {d['rss_after_mib']} | {d['fds']} | "
+             f"{d.get('threads_peak', '?')} | {extra} |")
 anomalies = [l.split("hostile-anomaly:", 1)[1].strip() for l in lines if "hostile-anomaly:" in l]
 if anomalies:
     h += ["", "Anomalies in this run: " + "; ".join(f"`{a}`" for a in anomalies)]
