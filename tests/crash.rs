@@ -787,6 +787,13 @@ impl Drop for Live {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_data_disk_answers_an_error_and_writes_nothing_half() {
+    // A mount left by an interrupted earlier run would be stacked on: drop it first.
+    let stale = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crash_diskfull/mnt");
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&stale)
+        .stderr(std::process::Stdio::null())
+        .status();
     let dir = temp("crash_diskfull");
     let Some(mnt) = Tmpfs::mount(&dir.join("mnt"), "6m") else {
         // Without mount rights there is no honest full disk here: say so loudly.
