@@ -288,6 +288,14 @@ fn announced_audio_that_never_comes_delays_start_by_at_most_two_seconds() {
     assert!(!k.contains(&FrameKind::Audio));
 }
 
+fn video_of(frames: &[MediaFrame]) -> Vec<(u32, bytes::Bytes)> {
+    frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Video)
+        .map(|f| (f.ts_ms, f.body.clone()))
+        .collect()
+}
+
 #[test]
 fn idle_flush_mid_frame_then_resume_waits_for_a_keyframe() {
     // Regression: a pause inside an unbounded video PES emitted it as complete, and the rest
@@ -314,6 +322,49 @@ fn idle_flush_mid_frame_then_resume_waits_for_a_keyframe() {
         .position(|w| w[1].ts_ms > w[0].ts_ms + 200)
         .expect("a gap");
     assert!(video[gap + 1].keyframe);
+}
+
+#[test]
+fn an_outage_that_cuts_a_frame_never_sends_the_truncated_frame() {
+    // Regression (tests/faults.rs, fabric_outage_3s): the idle flush emitted the video PES in
+    // progress when a fabric outage began; its tail was lost in the outage, so a truncated
+    // picture reached the recording ("error while decoding MB …").
+    let clean: std::collections::HashSet<bytes::Bytes> =
+        video_of(&run(&mut MediaCore::new(), FFMPEG_HIGH, 0))
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+    let datagrams: Vec<&[u8]> = FFMPEG_HIGH.chunks(7 * 188).collect();
+    // A silent pause (nothing lost), and outages of 1..=10 datagrams: with 48 video packets
+    // lost (a multiple of 16) the continuity counters cannot tell.
+    for (cut_after, lost) in (0..datagrams.len() - 12).flat_map(|c| (0..=10).map(move |l| (c, l))) {
+        let mut core = MediaCore::new();
+        let mut out = Vec::new();
+        for (i, d) in datagrams.iter().enumerate() {
+            if (cut_after + 1..cut_after + 1 + lost).contains(&i) {
+                continue; // the outage
+            }
+            core.push_datagram(d, i as u64, &mut out);
+            if i == cut_after {
+                core.flush_idle(i as u64, &mut out);
+            }
+        }
+        let video: Vec<&MediaFrame> = out.iter().filter(|f| f.kind == FrameKind::Video).collect();
+        for f in &video {
+            assert!(
+                clean.contains(&f.body),
+                "outage of {lost} after datagram {cut_after}: a frame at {} ms differs from the source",
+                f.ts_ms
+            );
+        }
+        // After the outage the stream resumes on a keyframe.
+        if let Some(gap) = video.windows(2).position(|w| w[1].ts_ms > w[0].ts_ms + 200) {
+            assert!(
+                video[gap + 1].keyframe,
+                "outage of {lost} after {cut_after}"
+            );
+        }
+    }
 }
 
 #[test]
