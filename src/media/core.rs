@@ -71,6 +71,8 @@ impl MediaFrame {
 pub struct CoreStats {
     pub datagrams: u64,
     pub bad_datagrams: u64,
+    /// Datagrams dropped as repeats of a recent one ([`super::dedup`]).
+    pub duplicate_datagrams: u64,
     pub video_frames: u64,
     pub audio_frames: u64,
     /// Frames dropped before the stream started (no keyframe yet, or before the gate).
@@ -110,6 +112,7 @@ struct Held {
 #[derive(Default)]
 pub struct MediaCore {
     unwrapper: Unwrapper,
+    dedup: super::dedup::DupFilter,
     demux: Demuxer,
     events: Vec<DemuxEvent>,
     adts: Vec<AdtsFrame>,
@@ -164,6 +167,10 @@ impl MediaCore {
             self.stats.bad_datagrams += 1;
             return;
         };
+        if self.dedup.is_repeat(ts) {
+            self.stats.duplicate_datagrams += 1;
+            return;
+        }
         if self.gate_packet.is_none() && rx_ns >= self.gate_ns {
             self.gate_packet = Some(self.demux.stats().packets + 1);
         }
