@@ -100,7 +100,8 @@ fn report(
         a.audio_lost(),
         if a.decodable() { "yes" } else { "no" },
     );
-    println!("{}", line.trim_end());
+    // On a line of its own: the harness may have printed "test name ... " without a newline.
+    println!("\n{}", line.trim_end());
     line
 }
 

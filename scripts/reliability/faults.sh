@@ -66,7 +66,7 @@ section_faults() {
   echo "| Scenario | Appliance | Recover ms | Lost video / audio | Decodable | Details |"
   echo "|---|---|---:|---:|---|---|"
   local line name details
-  grep -h '^fault-result:' "$log" | while IFS= read -r line; do
+  grep -ho 'fault-result: .*' "$log" | while IFS= read -r line; do
     name=$(faults_field scenario "$line")
     details=$(printf '%s\n' "$line" | tr ' ' '\n' | grep '=' \
       | grep -Ev '^(scenario|outcome|recover_ms|frames_lost|audio_lost|decodable)=' \

@@ -297,31 +297,32 @@ fn video_of(frames: &[MediaFrame]) -> Vec<(u32, bytes::Bytes)> {
 }
 
 #[test]
-fn idle_flush_mid_frame_then_resume_waits_for_a_keyframe() {
+fn idle_flush_mid_frame_then_resume_loses_nothing() {
     // Regression: a pause inside an unbounded video PES emitted it as complete, and the rest
     // of it was silently ignored, so the following frames referenced a truncated picture.
-    let mut core = MediaCore::new();
-    let mut out = Vec::new();
+    // Now a PES whose last packet was full waits for more; a sender that pauses mid-frame
+    // (≥ the idle flush delay) and goes on loses nothing.
     let datagrams: Vec<&[u8]> = FFMPEG_HIGH.chunks(7 * 188).collect();
-    let pause_after = datagrams.len() / 3;
-    for (i, d) in datagrams.iter().enumerate() {
-        core.push_datagram(d, i as u64, &mut out);
-        if i == pause_after {
-            core.flush_idle(i as u64, &mut out);
+    let end = datagrams.len() as u64;
+    let whole = {
+        let mut core = MediaCore::new();
+        let mut out = run(&mut core, FFMPEG_HIGH, 0);
+        core.flush_idle(end, &mut out); // the source stops: its last frame goes out too
+        video_of(&out)
+    };
+    for pause_after in 0..datagrams.len() {
+        let mut core = MediaCore::new();
+        let mut out = Vec::new();
+        for (i, d) in datagrams.iter().enumerate() {
+            core.push_datagram(d, i as u64, &mut out);
+            if i == pause_after {
+                core.flush_idle(i as u64, &mut out);
+            }
         }
+        core.flush_idle(end, &mut out);
+        assert_eq!(video_of(&out), whole, "pause after datagram {pause_after}");
+        assert_eq!(core.stats().demux.pes_errors, 0);
     }
-    let st = core.stats();
-    assert!(
-        st.demux.pes_errors >= 1,
-        "the cut frame was not noticed: {st:?}"
-    );
-    assert!(st.dropped_waiting_keyframe > 0, "{st:?}");
-    let video: Vec<&MediaFrame> = out.iter().filter(|f| f.kind == FrameKind::Video).collect();
-    let gap = video
-        .windows(2)
-        .position(|w| w[1].ts_ms > w[0].ts_ms + 200)
-        .expect("a gap");
-    assert!(video[gap + 1].keyframe);
 }
 
 #[test]
@@ -335,9 +336,22 @@ fn an_outage_that_cuts_a_frame_never_sends_the_truncated_frame() {
             .map(|(_, b)| b)
             .collect();
     let datagrams: Vec<&[u8]> = FFMPEG_HIGH.chunks(7 * 188).collect();
-    // A silent pause (nothing lost), and outages of 1..=10 datagrams: with 48 video packets
-    // lost (a multiple of 16) the continuity counters cannot tell.
-    for (cut_after, lost) in (0..datagrams.len() - 12).flat_map(|c| (0..=10).map(move |l| (c, l))) {
+    let video_packets = |d: &[u8]| {
+        d.chunks(188)
+            .filter(|p| u16::from_be_bytes([p[1] & 0x1F, p[2]]) == 0x100)
+            .count()
+    };
+    // Outages of 1..=10 datagrams at every point. Not when they swallow 16·k packets of the
+    // video PID: no TS receiver can see that loss (the 4-bit continuity counter comes round).
+    let cases = (0..datagrams.len() - 12).flat_map(|c| (1..=10).map(move |l| (c, l)));
+    for (cut_after, lost) in cases {
+        let lost_video: usize = datagrams[cut_after + 1..cut_after + 1 + lost]
+            .iter()
+            .map(|d| video_packets(d))
+            .sum();
+        if lost_video % 16 == 0 {
+            continue;
+        }
         let mut core = MediaCore::new();
         let mut out = Vec::new();
         for (i, d) in datagrams.iter().enumerate() {

@@ -293,22 +293,17 @@ impl PesAssembler {
 
     /// The source went quiet. An unbounded PES in progress whose last packet was padded with
     /// stuffing looks complete and is emitted (if more of it arrives anyway, the next PES is
-    /// marked `after_loss`). One whose last packet was full is cut short, or will go on after
-    /// the silence: either way it is dropped as lost, never sent truncated, and never continued
-    /// (packets lost in a multiple of 16 during the silence are invisible to the continuity
-    /// counter). A bounded PES waits for its length.
+    /// marked `after_loss`). One whose last packet was full may go on, or its tail may be lost
+    /// in an outage: it waits, like a bounded PES, for the next packet of its PID (a
+    /// continuity gap then drops it), and is never sent truncated.
     pub fn finish_idle(&mut self, stats: &mut DemuxStats, out: &mut Vec<DemuxEvent>) {
-        let Some(cur) = self.cur.as_ref() else {
-            return;
-        };
-        if !cur.header.is_some_and(|h| h.total_len().is_none()) {
-            return;
-        }
-        if cur.ends_stuffed {
+        let looks_complete = self
+            .cur
+            .as_ref()
+            .is_some_and(|c| c.ends_stuffed && c.header.is_some_and(|h| h.total_len().is_none()));
+        if looks_complete {
             self.emit(stats, out);
             self.idle_flushed = true;
-        } else {
-            self.drop_current(stats);
         }
     }
 
