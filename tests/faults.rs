@@ -154,13 +154,7 @@ impl Rig {
     fn start(name: &str, imp: Impairment, opts: EgressOptions) -> Rig {
         let dir = temp_dir(&format!("faults_{name}"));
         let nginx = Nginx::start(&dir);
-        Rig::start_to(
-            nginx,
-            &format!("rtmp://127.0.0.1:{{port}}/live"),
-            name,
-            imp,
-            opts,
-        )
+        Rig::start_to(nginx, "rtmp://127.0.0.1:{port}/live", name, imp, opts)
     }
 
     /// `url` may hold `{port}` for nginx's port.

@@ -349,7 +349,7 @@ fn an_outage_that_cuts_a_frame_never_sends_the_truncated_frame() {
             .iter()
             .map(|d| video_packets(d))
             .sum();
-        if lost_video % 16 == 0 {
+        if lost_video.is_multiple_of(16) {
             continue;
         }
         let mut core = MediaCore::new();
