@@ -179,8 +179,9 @@ impl MediaCore {
     }
 
     /// The source went quiet: emits frames whose end is only known from the next one
-    /// (unbounded video PES). If the source resumes inside such a frame, video waits for the
-    /// next keyframe.
+    /// (unbounded video PES) when they look complete (their last TS packet was padded with
+    /// stuffing); others wait for more of their PID (see
+    /// [`super::pes::PesAssembler::finish_idle`]), so nothing truncated is sent.
     pub fn flush_idle(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
         self.demux.flush_idle(&mut self.events);
         self.drain_events(rx_ns, out);
