@@ -34,7 +34,7 @@ pub fn fingerprint(ts: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     fnv1a(&mut h, &(ts.len() as u64).to_le_bytes());
     for p in ts.chunks(PACKET) {
-        fnv1a(&mut h, &p[..p.len().min(4)]);
+        fnv1a(&mut h, &p[..p.len().min(12)]);
         fnv1a(&mut h, &p[p.len().saturating_sub(8)..]);
     }
     h
@@ -86,6 +86,20 @@ mod tests {
         let mut f = DupFilter::default();
         assert!(!f.is_repeat(&datagram(0, 1)));
         assert!(!f.is_repeat(&datagram(0, 9)));
+    }
+
+    #[test]
+    fn pcr_only_packets_with_the_same_counter_are_not_repeats() {
+        // Adaptation-field-only packets (a PCR PID) keep their continuity counter.
+        let pcr = |base: u8| {
+            let mut p = vec![0xFF; PACKET];
+            p[..12].copy_from_slice(&[0x47, 0x01, 0x01, 0x20, 183, 0x10, 0, 0, base, 0, 0x7E, 0]);
+            p
+        };
+        let mut f = DupFilter::default();
+        assert!(!f.is_repeat(&pcr(1)));
+        assert!(!f.is_repeat(&pcr(2)));
+        assert!(f.is_repeat(&pcr(2)));
     }
 
     #[test]
