@@ -140,12 +140,17 @@ fn relays(args: &[String]) -> Res<()> {
             let e = r.egress_stats();
             let out = e.first();
             eprintln!(
-                "{{\"relay\":{i},\"video_frames\":{},\"frames_out\":{},\"frames_dropped\":{},\"reconnects\":{},\"cc_errors\":{}}}",
+                "{{\"relay\":{i},\"video_frames\":{},\"audio_frames\":{},\"frames_in\":{},\"frames_out\":{},\"frames_dropped\":{},\"reconnects\":{},\"cc_errors\":{},\"dropped_waiting_keyframe\":{},\"datagrams\":{},\"rebases\":{}}}",
                 core.video_frames,
+                core.audio_frames,
+                out.map_or(0, |s| s.frames_in),
                 out.map_or(0, |s| s.frames_out),
                 out.map_or(0, |s| s.frames_dropped),
                 out.map_or(0, |s| s.reconnects),
-                core.demux.cc_errors
+                core.demux.cc_errors,
+                core.dropped_waiting_keyframe,
+                core.datagrams,
+                core.timeline.rebases
             );
         }
         // No graceful stop: the sink is gone by now, and the figures were taken.

@@ -25,8 +25,8 @@ struct CoreSink {
 }
 
 /// After this long without a datagram the source is taken as paused or gone, and PES still
-/// being assembled are emitted (a video PES without a length is otherwise only complete when
-/// the next one starts).
+/// being assembled that look complete are emitted (a video PES without a length is otherwise
+/// only complete when the next one starts).
 pub const IDLE_FLUSH_NS: u64 = 250_000_000;
 
 impl CoreSink {

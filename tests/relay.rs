@@ -302,6 +302,7 @@ async fn nginx_killed_and_restarted_mid_stream_reconnects() {
     let killed_at = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     nginx.restart();
+    let restarted_at = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !relay.egress_stats()[0].publishing || relay.egress_stats()[0].connects < 2 {
         assert!(
@@ -311,6 +312,7 @@ async fn nginx_killed_and_restarted_mid_stream_reconnects() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let recover_ms = restarted_at.elapsed().as_millis();
     eprintln!(
         "reconnected {:?} after the kill (2 s of it with nginx down)",
         killed_at.elapsed()
@@ -361,6 +363,14 @@ async fn nginx_killed_and_restarted_mid_stream_reconnects() {
     assert!(
         dts.windows(2).all(|w| w[1] >= w[0]),
         "DTS not monotonic after reconnect"
+    );
+    // For docs/reliability.md (scripts/reliability-report.sh collects this line): recover_ms
+    // is wall time from nginx listening again to the egress publishing.
+    let before = video_frame_hashes(&recs[0]).len();
+    println!(
+        "fault-result: scenario=ingest_killed_restarted outcome=reconnected recover_ms={recover_ms} frames_lost={} audio_lost=- decodable=yes decoded=post_restart_recording reconnects={} down_ms=2000",
+        src_v.len() as i64 - (before + rec_v.len()) as i64,
+        snap.reconnects
     );
 }
 

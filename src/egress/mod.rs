@@ -61,6 +61,12 @@ pub struct EgressOptions {
     pub queue_max_bytes: usize,
     /// Queue bound in frames. Default 2048.
     pub queue_max_frames: usize,
+    /// SO_SNDBUF of the egress socket. Default `None`: the kernel's autotuning, which may
+    /// buffer up to `net.ipv4.tcp_wmem` max (4 MiB by default; ~1.3 MiB at once on
+    /// loopback) before a slow ingest pushes back, i.e. seconds of media that the queue's
+    /// drop policy never sees. A bound makes congestion reach the queue (and its GOP-aware
+    /// drops) sooner, at the cost of throughput on long fat paths (bytes ≥ rate × RTT).
+    pub send_buffer_bytes: Option<usize>,
 }
 
 impl Default for EgressOptions {
@@ -74,6 +80,7 @@ impl Default for EgressOptions {
             backoff_max: Duration::from_secs(10),
             queue_max_bytes: 16 << 20,
             queue_max_frames: 2048,
+            send_buffer_bytes: None,
         }
     }
 }
@@ -494,6 +501,9 @@ impl Driver {
         // Closing resets the connection: an aborted egress must not keep flushing what sits in
         // the kernel's send buffer (a graceful stop has drained and seen the server close first).
         let _ = socket2_linger_zero(&tcp);
+        if let Some(bytes) = self.opts.send_buffer_bytes {
+            let _ = nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::SndBuf, &bytes);
+        }
         let Some(config) = &self.tls else {
             return Ok(Box::new(tcp));
         };

@@ -72,6 +72,8 @@ impl MediaFrame {
 pub struct CoreStats {
     pub datagrams: u64,
     pub bad_datagrams: u64,
+    /// Datagrams dropped as repeats of a recent one ([`super::dedup`]).
+    pub duplicate_datagrams: u64,
     pub video_frames: u64,
     pub audio_frames: u64,
     /// Frames dropped before the stream started (no keyframe yet, or before the gate).
@@ -126,6 +128,7 @@ impl SplitAu {
 #[derive(Default)]
 pub struct MediaCore {
     unwrapper: Unwrapper,
+    dedup: super::dedup::DupFilter,
     demux: Demuxer,
     events: Vec<DemuxEvent>,
     adts: Vec<AdtsFrame>,
@@ -182,6 +185,10 @@ impl MediaCore {
             self.stats.bad_datagrams += 1;
             return;
         };
+        if self.dedup.is_repeat(ts) {
+            self.stats.duplicate_datagrams += 1;
+            return;
+        }
         if self.gate_packet.is_none() && rx_ns >= self.gate_ns {
             self.gate_packet = Some(self.demux.stats().packets + 1);
         }
@@ -190,8 +197,9 @@ impl MediaCore {
     }
 
     /// The source went quiet: emits frames whose end is only known from the next one
-    /// (unbounded video PES). If the source resumes inside such a frame, video waits for the
-    /// next keyframe.
+    /// (unbounded video PES) when they look complete (their last TS packet was padded with
+    /// stuffing); others wait for more of their PID (see
+    /// [`super::pes::PesAssembler::finish_idle`]), so nothing truncated is sent.
     pub fn flush_idle(&mut self, rx_ns: u64, out: &mut Vec<MediaFrame>) {
         self.demux.flush_idle(&mut self.events);
         self.drain_events(rx_ns, out);

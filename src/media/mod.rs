@@ -8,6 +8,7 @@ pub mod aac;
 pub mod bits;
 pub mod core;
 pub mod crc;
+pub mod dedup;
 pub mod flv;
 pub mod h264;
 pub mod pes;

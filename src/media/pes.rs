@@ -146,6 +146,8 @@ struct PesInProgress {
     after_loss: bool,
     /// Demuxer packet index of the PES's first packet.
     first_packet: u64,
+    /// The last packet's adaptation field held stuffing: the PES looks complete.
+    ends_stuffed: bool,
 }
 
 /// Reassembly state of one elementary PID.
@@ -213,6 +215,7 @@ impl PesAssembler {
             discontinuity: discontinuity || std::mem::take(&mut self.pending_discontinuity),
             after_loss: std::mem::take(&mut self.pending_loss),
             first_packet: stats.packets,
+            ends_stuffed: false,
         });
         self.append(payload, stats, out);
     }
@@ -280,15 +283,25 @@ impl PesAssembler {
         }
     }
 
-    /// The source went quiet: emits the PES in progress if it is unbounded (it may be complete;
-    /// if more of it arrives later the next PES is marked `after_loss`). A bounded PES waits.
+    /// Whether the packet just passed to [`Self::start`]/[`Self::append`] was padded with
+    /// adaptation-field stuffing (how muxers end a PES that does not fill its last packet).
+    pub fn note_stuffing(&mut self, stuffed: bool) {
+        if let Some(cur) = self.cur.as_mut() {
+            cur.ends_stuffed = stuffed;
+        }
+    }
+
+    /// The source went quiet. An unbounded PES in progress whose last packet was padded with
+    /// stuffing looks complete and is emitted (if more of it arrives anyway, the next PES is
+    /// marked `after_loss`). One whose last packet was full may go on, or its tail may be lost
+    /// in an outage: it waits, like a bounded PES, for the next packet of its PID (a
+    /// continuity gap then drops it), and is never sent truncated.
     pub fn finish_idle(&mut self, stats: &mut DemuxStats, out: &mut Vec<DemuxEvent>) {
-        let unbounded = self
+        let looks_complete = self
             .cur
             .as_ref()
-            .and_then(|c| c.header)
-            .is_some_and(|h| h.total_len().is_none());
-        if unbounded {
+            .is_some_and(|c| c.ends_stuffed && c.header.is_some_and(|h| h.total_len().is_none()));
+        if looks_complete {
             self.emit(stats, out);
             self.idle_flushed = true;
         }

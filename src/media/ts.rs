@@ -176,6 +176,9 @@ struct AdaptationField {
     discontinuity: bool,
     random_access: bool,
     pcr_27m: Option<u64>,
+    /// The field holds stuffing bytes: a muxer pads the last packet of a PES this way (the
+    /// next PES must start a new packet), so the payload ends the PES.
+    stuffing: bool,
 }
 
 impl AdaptationField {
@@ -183,7 +186,11 @@ impl AdaptationField {
     /// 0, one stuffing byte) has no flags; a PCR flag without room for the PCR is ignored.
     fn parse(body: &[u8]) -> Self {
         let Some((&flags, rest)) = body.split_first() else {
-            return Self::default();
+            // adaptation_field_length 0: one stuffing byte.
+            return Self {
+                stuffing: true,
+                ..Self::default()
+            };
         };
         let pcr_27m = match rest.first_chunk::<6>() {
             Some(&[b0, b1, b2, b3, b4, b5]) if flags & 0x10 != 0 => {
@@ -201,7 +208,29 @@ impl AdaptationField {
             discontinuity: flags & 0x80 != 0,
             random_access: flags & 0x40 != 0,
             pcr_27m,
+            stuffing: rest.len() > Self::flagged_len(flags, rest),
         }
+    }
+
+    /// Bytes after the flags byte taken by the optional fields `flags` announces.
+    fn flagged_len(flags: u8, rest: &[u8]) -> usize {
+        let mut n = 0usize;
+        if flags & 0x10 != 0 {
+            n += 6; // PCR
+        }
+        if flags & 0x08 != 0 {
+            n += 6; // OPCR
+        }
+        if flags & 0x04 != 0 {
+            n += 1; // splice_countdown
+        }
+        if flags & 0x02 != 0 {
+            n += 1 + rest.get(n).map_or(0, |&l| usize::from(l)); // private data
+        }
+        if flags & 0x01 != 0 {
+            n += 1 + rest.get(n).map_or(0, |&l| usize::from(l)); // extension
+        }
+        n
     }
 }
 
@@ -504,6 +533,7 @@ impl Demuxer {
             Some(payload) if unit_start => {
                 let (rai, disc) = (af.random_access, af.discontinuity);
                 es.pes.start(payload, rai, disc, &mut self.stats, out);
+                es.pes.note_stuffing(af.stuffing);
             }
             _ => {
                 if af.discontinuity {
@@ -511,6 +541,7 @@ impl Demuxer {
                 }
                 if let Some(payload) = payload {
                     es.pes.append(payload, &mut self.stats, out);
+                    es.pes.note_stuffing(af.stuffing);
                 }
             }
         }

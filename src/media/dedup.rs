@@ -1,0 +1,115 @@
+//! Drops datagrams that repeat one of the last few (a network that duplicates UDP: two paths,
+//! a misbehaving switch, a multicast joined twice). Pure.
+//!
+//! The TS continuity counter only allows a packet repeated *immediately*; a repeated
+//! datagram of 7 packets steps each PID's counter back, which the demuxer must treat as loss
+//! (and drop video to the next keyframe). Plain UDP has no sequence number, so a repeat is
+//! recognised by content: a fingerprint of the datagram's length and, per TS packet, its
+//! 4-byte header (PID, continuity counter) and last 8 bytes. Two different datagrams with
+//! the same fingerprint within the window would need every packet to repeat its PID, its
+//! counter and its last 8 bytes: in practice only null packets do, and dropping those is
+//! harmless. RTP/TS is deduplicated by sequence number before this.
+
+/// How many recent datagrams a repeat is looked for in.
+pub const WINDOW: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct DupFilter {
+    recent: [u64; WINDOW],
+    next: usize,
+    filled: usize,
+}
+
+const PACKET: usize = 188;
+
+fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// The fingerprint described in the module docs.
+pub fn fingerprint(ts: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    fnv1a(&mut h, &(ts.len() as u64).to_le_bytes());
+    for p in ts.chunks(PACKET) {
+        fnv1a(&mut h, &p[..p.len().min(12)]);
+        fnv1a(&mut h, &p[p.len().saturating_sub(8)..]);
+    }
+    h
+}
+
+impl DupFilter {
+    /// True when `ts` repeats one of the last [`WINDOW`] datagrams (then it is not recorded
+    /// again).
+    pub fn is_repeat(&mut self, ts: &[u8]) -> bool {
+        let f = fingerprint(ts);
+        if self.recent[..self.filled].contains(&f) {
+            return true;
+        }
+        self.recent[self.next] = f;
+        self.next = (self.next + 1) % WINDOW;
+        self.filled = (self.filled + 1).min(WINDOW);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(cc: u8, fill: u8) -> Vec<u8> {
+        let mut d = Vec::new();
+        for i in 0..7u8 {
+            let mut p = vec![fill.wrapping_add(i); PACKET];
+            p[..4].copy_from_slice(&[0x47, 0x01, 0x00, 0x10 | ((cc + i) & 0x0F)]);
+            d.extend_from_slice(&p);
+        }
+        d
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_is_dropped_once_seen() {
+        let mut f = DupFilter::default();
+        let a = datagram(0, 1);
+        let b = datagram(7, 2);
+        assert!(!f.is_repeat(&a));
+        assert!(!f.is_repeat(&b));
+        assert!(f.is_repeat(&a));
+        assert!(f.is_repeat(&b));
+    }
+
+    #[test]
+    fn same_counters_with_other_payload_are_not_repeats() {
+        // 16 packets later the counters come round again; the payload differs.
+        let mut f = DupFilter::default();
+        assert!(!f.is_repeat(&datagram(0, 1)));
+        assert!(!f.is_repeat(&datagram(0, 9)));
+    }
+
+    #[test]
+    fn pcr_only_packets_with_the_same_counter_are_not_repeats() {
+        // Adaptation-field-only packets (a PCR PID) keep their continuity counter.
+        let pcr = |base: u8| {
+            let mut p = vec![0xFF; PACKET];
+            p[..12].copy_from_slice(&[0x47, 0x01, 0x01, 0x20, 183, 0x10, 0, 0, base, 0, 0x7E, 0]);
+            p
+        };
+        let mut f = DupFilter::default();
+        assert!(!f.is_repeat(&pcr(1)));
+        assert!(!f.is_repeat(&pcr(2)));
+        assert!(f.is_repeat(&pcr(2)));
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut f = DupFilter::default();
+        let first = datagram(0, 100);
+        assert!(!f.is_repeat(&first));
+        for i in 0..WINDOW as u8 {
+            assert!(!f.is_repeat(&datagram(i, i)));
+        }
+        assert!(!f.is_repeat(&first), "forgotten after {WINDOW} datagrams");
+    }
+}
