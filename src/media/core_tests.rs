@@ -676,6 +676,8 @@ fn a_split_unit_whose_last_piece_is_full_length_ends_at_the_next_start() {
     let out = run_per_packet(&mut core, &split.ts);
     assert_eq!(core.stats().h264_errors, 0);
     assert_eq!(content(&out), content(&whole));
+}
+
 #[test]
 fn duplicated_datagrams_lose_nothing() {
     // Regression (tests/faults.rs, dup_5pct): a repeated 7-packet datagram stepped the
