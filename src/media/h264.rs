@@ -261,10 +261,16 @@ pub fn nal_type(nal: &[u8]) -> Option<u8> {
 
 /// Position of the next `00 00 01` at or after `from`.
 fn find_start_code(data: &[u8], from: usize) -> Option<usize> {
-    let tail = data.get(from..)?;
-    tail.windows(3)
-        .position(|w| w == [0, 0, 1])
-        .map(|p| p + from)
+    // Look for the `01` (memchr: a vectorised scan; `01` bytes are rare in slice data), then
+    // check the two zeros before it.
+    let mut one = from.checked_add(2)?;
+    loop {
+        one += memchr::memchr(1, data.get(one..)?)?;
+        if data.get(one - 2..one) == Some(&[0, 0][..]) {
+            return Some(one - 2);
+        }
+        one += 1;
+    }
 }
 
 /// Appends to `out` the byte ranges of the NAL units in an Annex-B buffer (start codes of 3 or
