@@ -1,8 +1,8 @@
 //! Fabric ingest: MPEG-TS (or RTP/TS) datagrams on UDP, unicast or multicast. With io_uring,
 //! one thread of the process receives on every ingest socket (one ring, one multishot recvmsg
-//! per socket, one shared provided-buffer pool) and handles completions in batches of about a
-//! millisecond; with a plain blocking socket (when the kernel refuses io_uring, logged once per
-//! process, or on request), one thread per socket.
+//! per socket, one shared provided-buffer pool) and handles completions in batches of about
+//! half a millisecond; with a plain blocking socket (when the kernel refuses io_uring, logged
+//! once per process, or on request), one thread per socket.
 //!
 //! Datagrams are handed to a [`DatagramSink`] as slices of the receive buffers, on the ingest
 //! thread; the sink (the media core) copies TS payloads once into PES buffers and nothing else.

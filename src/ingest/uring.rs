@@ -2,9 +2,9 @@
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
 //! place and give the buffer back to the pool. Completions are handled in batches: the thread
-//! waits for many completions or, once `min_wait` (about 1 ms) has passed, for at least one
+//! waits for many completions or, once `min_wait` (0.5 ms) has passed, for at least one
 //! (kernel ≥ 6.12; older kernels linger the same time after a busy batch), so with many streams
-//! it wakes about once per millisecond instead of once per datagram, and each sink gets
+//! it wakes about once per half millisecond instead of once per datagram, and each sink gets
 //! `on_batch_end` once per batch in which it received something.
 //!
 //! Sockets are added and removed by commands from other threads (an eventfd read on the ring
@@ -46,7 +46,7 @@ const CQ_ENTRIES: u32 = RING_ENTRIES as u32;
 const SQ_ENTRIES: u32 = 256;
 /// How long a wait collects completions before returning with what it has (default; the
 /// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks).
-pub const BATCH_WAIT_US: u32 = 1000;
+pub const BATCH_WAIT_US: u32 = 500;
 
 fn env_num(name: &str) -> Option<i64> {
     std::env::var(name).ok()?.trim().parse().ok()
