@@ -1,10 +1,11 @@
 //! The shared io_uring receiver: one thread, one ring and one provided-buffer pool serve every
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
-//! place and give the buffer back to the pool. Completions are handled in batches: the thread
-//! waits for many completions or, once `min_wait` (0.5 ms) has passed, for at least one
-//! (kernel ≥ 6.12; older kernels linger the same time after a busy batch), so with many streams
-//! it wakes about once per half millisecond instead of once per datagram, and each sink gets
+//! place and give the buffer back to the pool. Completions are handled in batches while
+//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.5 ms) has
+//! passed, for at least one (kernel ≥ 6.12; older kernels linger the same time), so with many
+//! streams it wakes about once per half millisecond instead of once per datagram; after a wait
+//! that brought a single completion it waits plainly for the next. Each sink gets
 //! `on_batch_end` once per batch in which it received something.
 //!
 //! Sockets are added and removed by commands from other threads (an eventfd read on the ring
@@ -376,7 +377,7 @@ struct Receiver {
     /// The kernel supports `min_wait` (6.12).
     min_wait: bool,
     batch_us: u32,
-    /// Fallback batching (no `min_wait`): the last wait returned completions.
+    /// The last wait returned more than one completion: the next one batches.
     busy: bool,
     last_tick_ns: u64,
     stats: Arc<SharedStats>,
@@ -497,7 +498,10 @@ impl Receiver {
             let now = monotonic_ns();
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             let n = self.reap(now);
-            self.busy = n > 0;
+            // Batch only while traffic is dense: a wait that returned a single completion
+            // (one sparse stream) is followed by a plain wait for the next one, which costs no
+            // timer and adds no latency.
+            self.busy = n > 1;
             self.end_batch(now);
             self.resubmit(now);
         }
@@ -518,15 +522,16 @@ impl Receiver {
         }
     }
 
-    /// Waits for a batch: many completions, or once `BATCH_WAIT_US` has passed at least one,
-    /// or `IDLE_TICK_NS` without any.
+    /// Waits for a batch when traffic is dense: many completions, or once the batch wait has
+    /// passed at least one (older kernels: whatever came within the batch wait); otherwise for
+    /// the next completion. At most `IDLE_TICK_NS` without any.
     fn wait(&mut self) {
         let idle = Timespec::new().nsec(IDLE_TICK_NS as u32);
         let batch = Timespec::new().nsec(self.batch_us * 1000);
         let submitter = self.ring.submitter();
         let r = if self.slots.iter().all(Option::is_none) {
             submitter.submit_and_wait(1)
-        } else if self.batch_us == 0 || !(self.min_wait || self.busy) {
+        } else if self.batch_us == 0 || !self.busy {
             submitter.submit_with_args(1, &SubmitArgs::new().timespec(&idle))
         } else if self.min_wait {
             let args = SubmitArgs::new()
