@@ -153,6 +153,15 @@ fn relays(args: &[String]) -> Res<()> {
                 core.timeline.rebases
             );
         }
+        if let Some(s) = onair::ingest::shared_stats() {
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "{{\"ingest_wakeups\":{},\"ingest_completions\":{},\"ingest_buffers\":{}}}",
+                s.wakeups.load(Relaxed),
+                s.completions.load(Relaxed),
+                s.buffers.load(Relaxed)
+            );
+        }
         // No graceful stop: the sink is gone by now, and the figures were taken.
         std::process::exit(0);
     })

@@ -4,7 +4,9 @@
 # on 127.0.0.1, K streams at a time, repetitions interleaved. See docs/performance.md.
 #
 #   scripts/bench.sh [--k "1 16"] [--reps 2] [--tools "onair ffmpeg gst"] [--measure-s 15]
-#                    [--warmup-s 8] [--no-doc]
+#                    [--warmup-s 8] [--no-doc] [--base-bin PATH]
+#   --base-bin: an older build of examples/bench, run as the tool `onair-base` (A/B of a change
+#               in one run, e.g. --tools "onair-base onair")
 #   scripts/bench.sh --smoke     # CI: K=1, onair only, the bundled clip, a few seconds;
 #                                # checks delivery only, never fails on speed
 #
@@ -16,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
+base_bin=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -26,6 +28,7 @@ while [ $# -gt 0 ]; do
     --measure-s) measure=$2; shift ;;
     --warmup-s) warmup=$2; shift ;;
     --no-doc) doc=0 ;;
+    --base-bin) base_bin=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -107,9 +110,13 @@ run_one() {
   local sport; sport=$(cat "$dir/ready")
   local pids=() i
   case "$tool" in
-    onair|onair-socket)
-      local extra=(); [ "$tool" = onair-socket ] && extra=(--socket)
-      "$bench" relays --streams "$k" --udp-base "$base" --url "rtmp://127.0.0.1:$sport/live" \
+    onair|onair-socket|onair-base)
+      local extra=() bin=$bench; [ "$tool" = onair-socket ] && extra=(--socket)
+      if [ "$tool" = onair-base ]; then
+        [ -x "$base_bin" ] || { echo "onair-base needs --base-bin" >&2; return 1; }
+        bin=$base_bin
+      fi
+      "$bin" relays --streams "$k" --udp-base "$base" --url "rtmp://127.0.0.1:$sport/live" \
         "${extra[@]}" > /dev/null 2> "$dir/relay.log" &
       pids+=($!) ;;
     ffmpeg)

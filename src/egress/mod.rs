@@ -579,6 +579,60 @@ impl Driver {
         Ok(())
     }
 
+    /// Writes every buffer, in order, with as few (vectored) writes as the stream takes.
+    async fn write_all_vectored(&self, stream: &mut Box<dyn Stream>, bufs: &[Bytes]) -> Result<()> {
+        let total: usize = bufs.iter().map(Bytes::len).sum();
+        let all = async {
+            let (mut i, mut off) = (0usize, 0usize);
+            while i < bufs.len() {
+                let mut slices = Vec::with_capacity(bufs.len() - i);
+                for (k, b) in bufs.iter().enumerate().skip(i) {
+                    let b = if k == i {
+                        b.get(off..).unwrap_or_default()
+                    } else {
+                        &b[..]
+                    };
+                    slices.push(std::io::IoSlice::new(b));
+                }
+                let mut n = stream.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                }
+                while n > 0 && i < bufs.len() {
+                    let left = bufs[i].len() - off;
+                    if n >= left {
+                        n -= left;
+                        i += 1;
+                        off = 0;
+                    } else {
+                        off += n;
+                        n = 0;
+                    }
+                }
+                while i < bufs.len() && bufs[i].len() == off {
+                    i += 1;
+                    off = 0;
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.opts.write_timeout, all)
+            .await
+            .map_err(|_| {
+                crate::err!(
+                    Unavailable,
+                    "{}: write stalled for {:?}",
+                    self.dest.url,
+                    self.opts.write_timeout
+                )
+            })?
+            .map_err(|e| Error::from_net(&format!("write to {}", self.dest.url), &e))?;
+        self.stats
+            .bytes_sent
+            .fetch_add(total as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Sends cached headers, then frames as they come, while reading the server's messages.
     async fn pump(
         &mut self,
@@ -591,9 +645,13 @@ impl Driver {
             self.write(stream, &b).await?;
         }
         let mut batch = Vec::with_capacity(64);
+        let mut sends: Vec<Bytes> = Vec::with_capacity(64);
         let mut rbuf = vec![0u8; 8 * 1024];
         let mut out = Vec::new();
         let mut meter = BitrateMeter::new();
+        // A safety tick, armed once (not a new timer on every wake-up).
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(tick);
         loop {
             batch.clear();
             self.queue.pop_batch(&mut batch, 64);
@@ -611,7 +669,9 @@ impl Driver {
                         self.on_server_bytes(session, &rbuf[..n], &mut out, stream).await?;
                     }
                     _ = self.stop.changed() => return Ok(PumpEnd::Stopped),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut tick => {
+                        tick.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
                 }
             }
             if *self.stop.borrow() {
@@ -622,12 +682,17 @@ impl Driver {
             for f in &batch {
                 self.headers.remember(f);
             }
+            // The batch's messages go out with one vectored write.
+            sends.clear();
             for f in &batch {
                 let b = session.send_frame(f)?;
-                self.write(stream, &b).await?;
-                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 meter.add(b.len());
+                sends.push(b);
             }
+            self.write_all_vectored(stream, &sends).await?;
+            self.stats
+                .frames_out
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             if let Some(bps) = meter.poll() {
                 self.stats.bitrate_bps.store(bps, Ordering::Relaxed);
             }

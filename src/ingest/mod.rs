@@ -1,6 +1,8 @@
-//! Fabric ingest: MPEG-TS (or RTP/TS) datagrams on UDP, unicast or multicast, received on a
-//! dedicated thread with io_uring (multishot recvmsg + provided buffer ring), or with a plain
-//! blocking socket when the kernel refuses io_uring (logged once per process).
+//! Fabric ingest: MPEG-TS (or RTP/TS) datagrams on UDP, unicast or multicast. With io_uring,
+//! one thread of the process receives on every ingest socket (one ring, one multishot recvmsg
+//! per socket, one shared provided-buffer pool) and handles completions in batches of about
+//! half a millisecond; with a plain blocking socket (when the kernel refuses io_uring, logged
+//! once per process, or on request), one thread per socket.
 //!
 //! Datagrams are handed to a [`DatagramSink`] as slices of the receive buffers, on the ingest
 //! thread; the sink (the media core) copies TS payloads once into PES buffers and nothing else.
@@ -9,8 +11,8 @@ mod socket;
 mod uring;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -19,7 +21,8 @@ use crate::error::{Error, Result};
 pub trait DatagramSink: Send + 'static {
     /// One datagram; `rx_ns` is [`crate::clock::monotonic_ns`] at receipt (one read per batch).
     fn on_datagram(&mut self, data: &[u8], rx_ns: u64);
-    /// After each batch of datagrams (and at least every ~100 ms when idle).
+    /// After each batch of datagrams that brought this sink at least one (and at least every
+    /// ~100 ms when idle).
     fn on_batch_end(&mut self, _now_ns: u64) {}
     /// The ingest is stopping: nothing more will come.
     fn on_stop(&mut self, _now_ns: u64) {}
@@ -51,9 +54,11 @@ pub struct IngestConfig {
     pub mode: IngestMode,
     /// SO_RCVBUF request. Default 4 MiB.
     pub recv_buffer_bytes: usize,
-    /// io_uring provided buffers (a power of two). Default 256 (0.5 MB; ~400 ms of a 6 Mbit/s
-    /// feed between wake-ups — if they run out, datagrams wait in the socket receive queue
-    /// until the receive is re-armed, they are not lost).
+    /// io_uring buffers this socket adds to the process's shared pool (2 KB each). Default 64
+    /// (132 KB; ~100 ms of a 6 Mbit/s feed; the pool is shared, so a burst on one socket can
+    /// use others' share). If the pool runs out, datagrams wait in the socket receive queue
+    /// until the receive is re-armed, they are not lost. The pool grows as sockets are added
+    /// and keeps its largest size.
     pub uring_buffers: u16,
 }
 
@@ -64,7 +69,7 @@ impl IngestConfig {
             multicast: None,
             mode: IngestMode::Auto,
             recv_buffer_bytes: 4 << 20,
-            uring_buffers: 256,
+            uring_buffers: 64,
         }
     }
 }
@@ -84,8 +89,15 @@ pub struct IngestHandle {
     pub stats: Arc<IngestStats>,
     local_addr: SocketAddr,
     backend: Backend,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    inner: Running,
+}
+
+enum Running {
+    /// On the shared io_uring receiver, under this id.
+    Uring(Arc<uring::Shared>, u64),
+    /// Its own socket thread.
+    Socket(Arc<AtomicBool>, JoinHandle<()>),
+    Stopped,
 }
 
 impl IngestHandle {
@@ -97,15 +109,19 @@ impl IngestHandle {
         self.backend
     }
 
-    /// Stops the thread (within ~100 ms) and waits for it.
+    /// Stops receiving and waits until the sink had `on_stop` (within ~100 ms).
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match std::mem::replace(&mut self.inner, Running::Stopped) {
+            Running::Uring(shared, id) => shared.remove(id),
+            Running::Socket(stop, thread) => {
+                stop.store(true, Ordering::Release);
+                let _ = thread.join();
+            }
+            Running::Stopped => {}
         }
     }
 }
@@ -116,43 +132,96 @@ impl Drop for IngestHandle {
     }
 }
 
+pub use uring::SharedStats;
+
+/// The process's shared io_uring receiver, started on first use; `None` while the kernel
+/// refuses io_uring (retried on the next start).
+static SHARED: Mutex<Option<Arc<uring::Shared>>> = Mutex::new(None);
+
+fn shared_receiver() -> Result<Arc<uring::Shared>> {
+    let mut g = SHARED
+        .lock()
+        .map_err(|_| crate::err!(Internal, "ingest: receiver lock poisoned"))?;
+    if let Some(s) = g.as_ref() {
+        return Ok(s.clone());
+    }
+    let s = Arc::new(uring::Shared::start()?);
+    *g = Some(s.clone());
+    Ok(s)
+}
+
+/// Counters of the shared io_uring receiver, if it runs.
+pub fn shared_stats() -> Option<Arc<SharedStats>> {
+    SHARED
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|s| s.stats.clone()))
+}
+
 /// Largest datagram accepted: 7 TS packets plus a generous RTP header.
 pub const MAX_DATAGRAM: usize = 2048;
 
-/// Binds, joins the group if any, and starts the ingest thread.
+/// Binds, joins the group if any, and starts receiving: on the shared io_uring receiver, or
+/// on a socket thread of its own.
 pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHandle> {
     let sock = bind(config)?;
     let local_addr = sock
         .local_addr()
         .map_err(|e| Error::from_net("ingest local address", &e))?;
     let stats = Arc::new(IngestStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let ctx = socket::Ctx {
+    let handle = |backend, inner| IngestHandle {
+        stats: stats.clone(),
+        local_addr,
+        backend,
+        inner,
+    };
+    if config.mode == IngestMode::Socket {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = socket::spawn(socket_ctx(sock, &stats, &stop), sink)?;
+        return Ok(handle(Backend::Socket, Running::Socket(stop, thread)));
+    }
+    let req = uring::AddReq {
+        sock,
+        sink: Box::new(sink),
+        stats: stats.clone(),
+        buffers: usize::from(config.uring_buffers.max(1)),
+    };
+    let (e, req) = match shared_receiver() {
+        Ok(shared) => match shared.add(req) {
+            Ok(id) => return Ok(handle(Backend::Uring, Running::Uring(shared, id))),
+            Err((e, req)) => (e, req),
+        },
+        Err(e) => (e, Some(req)),
+    };
+    match (config.mode, req) {
+        (IngestMode::Auto, Some(req)) => {
+            log_fallback_once(&e);
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = socket::spawn(socket_ctx(req.sock, &stats, &stop), req.sink)?;
+            Ok(handle(Backend::Socket, Running::Socket(stop, thread)))
+        }
+        _ => Err(e),
+    }
+}
+
+fn socket_ctx(sock: UdpSocket, stats: &Arc<IngestStats>, stop: &Arc<AtomicBool>) -> socket::Ctx {
+    socket::Ctx {
         sock,
         stats: stats.clone(),
         stop: stop.clone(),
-    };
-    let (backend, thread) = match config.mode {
-        IngestMode::Socket => (Backend::Socket, socket::spawn(ctx, sink)?),
-        IngestMode::Uring => (
-            Backend::Uring,
-            uring::spawn(ctx, sink, config.uring_buffers).map_err(|(e, _, _)| e)?,
-        ),
-        IngestMode::Auto => match uring::spawn(ctx, sink, config.uring_buffers) {
-            Ok(t) => (Backend::Uring, t),
-            Err((e, ctx, sink)) => {
-                log_fallback_once(&e);
-                (Backend::Socket, socket::spawn(ctx, sink)?)
-            }
-        },
-    };
-    Ok(IngestHandle {
-        stats,
-        local_addr,
-        backend,
-        stop,
-        thread: Some(thread),
-    })
+    }
+}
+
+impl DatagramSink for Box<dyn DatagramSink> {
+    fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
+        (**self).on_datagram(data, rx_ns);
+    }
+    fn on_batch_end(&mut self, now_ns: u64) {
+        (**self).on_batch_end(now_ns);
+    }
+    fn on_stop(&mut self, now_ns: u64) {
+        (**self).on_stop(now_ns);
+    }
 }
 
 fn log_fallback_once(e: &Error) {

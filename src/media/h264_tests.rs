@@ -505,3 +505,23 @@ fn fuzz_mutated_units_never_panic() {
         "fuzz exercised the success path ({accepted})"
     );
 }
+
+proptest::proptest! {
+    /// The vectorised start-code search splits exactly like the byte loop, on data dense in
+    /// `00` and `01` bytes (start codes, near misses, runs of zeros).
+    #[test]
+    fn split_annexb_matches_the_byte_loop(data in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::strategy::Just(0u8),
+            proptest::strategy::Just(1u8),
+            proptest::prelude::any::<u8>()
+        ],
+        0..300,
+    )) {
+        let mut got = Vec::new();
+        split_annexb(&data, &mut got);
+        let got: Vec<&[u8]> = got.iter().map(|r| &data[r.clone()]).collect();
+        let want: Vec<&[u8]> = ref_nals(&data).into_iter().map(|(_, n)| n).filter(|n| !n.is_empty()).collect();
+        proptest::prop_assert_eq!(got, want);
+    }
+}
