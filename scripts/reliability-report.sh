@@ -9,6 +9,8 @@
 # only the text between `<!-- <section>:begin -->` and `<!-- <section>:end -->` in
 # docs/reliability.md, so sections owned by other runners (fuzzing, crash consistency,
 # hostile clients) and scripts/soak.sh's are left alone. To add a section, drop in a runner.
+# The crash and hostile sections are rewritten by scripts/reliability-crash-hostile.sh, which
+# this script runs for them (section names `crash`, `hostile` or `crash-hostile`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/reliability/lib.sh
@@ -19,10 +21,17 @@ if [ ${#sections[@]} -eq 0 ]; then
     n=$(basename "$f" .sh)
     [ "$n" = lib ] || sections+=("$n")
   done
+  # Suites whose own script rewrites its sections (crash consistency + hostile clients).
+  sections+=(crash-hostile)
 fi
 
 status=0
 for s in "${sections[@]}"; do
+  if [ "$s" = crash-hostile ] || [ "$s" = crash ] || [ "$s" = hostile ]; then
+    echo "==> crash, hostile (scripts/reliability-crash-hostile.sh)"
+    scripts/reliability-crash-hostile.sh || status=1
+    continue
+  fi
   runner=scripts/reliability/$s.sh
   if [ ! -f "$runner" ]; then
     echo "no runner for section '$s' ($runner)" >&2
