@@ -543,11 +543,12 @@ async fn slow_reader_drops_by_queue_policy_with_bounded_memory() {
     let nginx = Nginx::start(&dir);
     let proxy = tcp::SlowProxy::start(nginx.port, 8 * 1024);
     const QUEUE_BYTES: usize = 128 * 1024;
-    // The kernel's send buffer is bounded too: left to autotuning it absorbs ~1.3 MiB on
-    // loopback (see EgressOptions::send_buffer_bytes), longer than this scenario's deficit.
+    // The kernel's send buffer is left to autotuning (it grows to ~1.3 MiB on loopback); the
+    // default TCP_NOTSENT_LOWAT (EgressOptions::unsent_limit_bytes) is what keeps the backlog
+    // in the queue. Regression: without it the socket absorbed the whole deficit and the queue
+    // never dropped anything.
     let opts = EgressOptions {
         queue_max_bytes: QUEUE_BYTES,
-        send_buffer_bytes: Some(32 * 1024),
         ..EgressOptions::default()
     };
     let url = format!("rtmp://127.0.0.1:{}/live", proxy.addr.port());

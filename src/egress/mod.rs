@@ -67,6 +67,12 @@ pub struct EgressOptions {
     /// drop policy never sees. A bound makes congestion reach the queue (and its GOP-aware
     /// drops) sooner, at the cost of throughput on long fat paths (bytes ≥ rate × RTT).
     pub send_buffer_bytes: Option<usize>,
+    /// TCP_NOTSENT_LOWAT of the egress socket: at most this many bytes wait unsent in the
+    /// kernel; beyond it writes block and frames stay in the queue, where congestion meets the
+    /// GOP-aware drop policy. Data in flight is not limited (the kernel still sizes the buffer
+    /// to the path), so unlike `send_buffer_bytes` this costs no throughput on long paths.
+    /// Default 128 KiB (≈ 170 ms of a 6 Mbit/s stream); `None` leaves the kernel's default.
+    pub unsent_limit_bytes: Option<u32>,
 }
 
 impl Default for EgressOptions {
@@ -81,6 +87,7 @@ impl Default for EgressOptions {
             queue_max_bytes: 16 << 20,
             queue_max_frames: 2048,
             send_buffer_bytes: None,
+            unsent_limit_bytes: Some(128 << 10),
         }
     }
 }
@@ -503,6 +510,9 @@ impl Driver {
         let _ = socket2_linger_zero(&tcp);
         if let Some(bytes) = self.opts.send_buffer_bytes {
             let _ = nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::SndBuf, &bytes);
+        }
+        if let Some(bytes) = self.opts.unsent_limit_bytes {
+            let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(bytes);
         }
         let Some(config) = &self.tls else {
             return Ok(Box::new(tcp));
