@@ -450,6 +450,68 @@ mod tests {
     }
 
     #[test]
+    fn fabric_settings_are_checked() {
+        let g = Board::from_toml(GENERIC).expect("generic board");
+        assert_eq!(g.network.separate_fabric(), Some("eth1"));
+        let q = Board::from_toml(QEMU).expect("qemu board");
+        assert_eq!(q.network.separate_fabric(), None);
+        let with = |board: &str, extra: &str| {
+            Board::from_toml(&board.replace("[network]", &format!("[network]\n{extra}")))
+        };
+        let ok = with(
+            GENERIC,
+            "address = \"10.1.0.2/24\"\nfabric_address = \"192.168.50.10/24\"\n\
+             fabric_gateway = \"192.168.50.1\"",
+        )
+        .expect("fabric address and gateway");
+        assert_eq!(ok.network.fabric_address, "192.168.50.10/24".parse().ok());
+        for (board, extra, needle) in [
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.0/24\"",
+                "fabric_address",
+            ),
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.10\"",
+                "ADDRESS/PREFIX",
+            ),
+            (
+                GENERIC,
+                "fabric_gateway = \"192.168.50.1\"",
+                "needs fabric_address",
+            ),
+            (
+                GENERIC,
+                "address = \"10.1.0.2/16\"\nfabric_address = \"10.1.7.2/24\"",
+                "overlaps",
+            ),
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.10/24\"\nfabric_gateway = \"10.0.0.1\"",
+                "fabric_gateway",
+            ),
+            (
+                QEMU,
+                "fabric_address = \"192.168.50.10/24\"",
+                "fabric NIC other",
+            ),
+        ] {
+            let e = with(board, extra).expect_err(extra);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+        }
+        let e = Board::from_toml(&QEMU.replace("10.0.2.15/24", "10.0.2.255/24"))
+            .expect_err("broadcast address");
+        assert!(e.to_string().contains("broadcast"), "{e}");
+        let e = Board::from_toml(&QEMU.replace("\"10.0.2.2\"", "\"10.0.3.2\""))
+            .expect_err("gateway off the subnet");
+        assert!(e.to_string().contains("network.gateway"), "{e}");
+        let e = Board::from_toml(&GENERIC.replace("fabric = \"eth1\"", "fabric = \"eth 1\""))
+            .expect_err("bad fabric name");
+        assert!(e.to_string().contains("network.fabric"), "{e}");
+    }
+
+    #[test]
     fn cidr_parses_strictly() {
         let c: Ipv4Cidr = "10.0.2.15/24".parse().expect("cidr");
         assert_eq!((c.addr, c.prefix_len), (Ipv4Addr::new(10, 0, 2, 15), 24));

@@ -277,7 +277,7 @@ fn bring_up(iface: &Interface, wait: Duration, seq: &mut u32) -> Option<Ipv4Cidr
     }
     tracing::info!(
         interface = name,
-        address = ?addr.map(|a| a.to_string()),
+        address = %addr.map_or("-".to_string(), |a| a.to_string()),
         routes = ?iface.routes.iter().map(describe).collect::<Vec<_>>(),
         "{role} network up"
     );

@@ -234,7 +234,7 @@ fn gateway_route(
     err: &mut impl FnMut(&'static str, String),
 ) -> Option<Route> {
     let Some(a) = addr else {
-        err(from, format!("{gw}: the interface has no address"));
+        err(from, format!("{gw}: needs an address on the same NIC"));
         return None;
     };
     match a.check_gateway(gw) {
