@@ -135,10 +135,9 @@ pub fn plan(network: Option<&Network>, cmdline: &Cmdline) -> NetPlan {
         "onair.gw=",
         network.and_then(|n| n.gateway),
         "network.gateway",
-    ) {
-        if let Some(route) = gateway_route(mgmt.address, gw, from, None, &mut err) {
-            mgmt.routes.push(route);
-        }
+    ) && let Some(route) = gateway_route(mgmt.address, gw, from, None, &mut err)
+    {
+        mgmt.routes.push(route);
     }
 
     let Some(fabric_name) = fabric_nic else {
