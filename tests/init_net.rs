@@ -155,6 +155,63 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs [`join_helper`] inside the namespace: the device its join of `group` on
+    /// INADDR_ANY landed on.
+    fn join_any(&self, group: &str) -> String {
+        let me = std::env::current_exe().expect("test binary");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(me)
+            .args(["--exact", "join_helper", "--ignored", "--nocapture"])
+            .env(JOIN_ENV, group)
+            .output()
+            .expect("run the join helper");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("JOINED-ON "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "join helper: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    }
+}
+
+const JOIN_ENV: &str = "ONAIR_TEST_JOIN_GROUP";
+
+/// Not a test on its own: [`Netns::join_any`] runs it inside a namespace. Joins the group in
+/// `ONAIR_TEST_JOIN_GROUP` on INADDR_ANY as the ingest does (`join_multicast_v4`), then prints
+/// the device /proc/net/igmp lists the group on.
+#[test]
+#[ignore = "helper run inside a network namespace by the tests above"]
+fn join_helper() {
+    let Ok(group) = std::env::var(JOIN_ENV) else {
+        return;
+    };
+    let group: std::net::Ipv4Addr = group.parse().expect("group");
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    sock.join_multicast_v4(&group, &std::net::Ipv4Addr::UNSPECIFIED)
+        .expect("join");
+    let igmp = std::fs::read_to_string("/proc/self/net/igmp").expect("/proc/self/net/igmp");
+    // "Idx\tDevice : Count Querier" lines, then one tab-indented line per group (hex, as the
+    // kernel holds it: network order read as a host integer).
+    let hex = format!("{:08X}", u32::from_ne_bytes(group.octets()));
+    let mut device = "";
+    for line in igmp.lines().skip(1) {
+        if !line.starts_with('\t') {
+            device = line.split_whitespace().nth(1).unwrap_or("");
+        } else if line.split_whitespace().next() == Some(hex.as_str()) {
+            println!("JOINED-ON {device}");
+            return;
+        }
+    }
+    println!("JOINED-ON none\n{igmp}");
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -213,6 +270,9 @@ fn separate_fabric_nic_comes_up_with_its_address_and_the_multicast_route() {
         "multicast goes to the fabric"
     );
     assert_eq!(ns.route_get("8.8.8.8"), "eth0", "the rest to management");
+    // A join on "any interface" (what `udp://GROUP:PORT?iface=0.0.0.0` asks the ingest for)
+    // lands on the fabric NIC.
+    assert_eq!(ns.join_any("239.1.2.3"), "eth1");
 }
 
 #[test]
