@@ -453,6 +453,50 @@ mod tests {
         assert_eq!(settings, ["onair.fabric_ip=", "onair.fabric_gw="]);
     }
 
+    /// An address-ish word for the command line: mostly near-valid values around two subnets,
+    /// with out-of-range prefixes and garbage mixed in.
+    fn word() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..=3, any::<u8>(), 0u8..=40)
+                .prop_map(|(net, host, p)| format!("10.{net}.0.{host}/{p}")),
+            (0u8..=3, any::<u8>()).prop_map(|(net, host)| format!("10.{net}.0.{host}")),
+            (any::<u32>(), any::<u8>()).prop_map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(a))),
+            "[0-9./x]{0,20}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the command line says: no panic, and what is planned is sound.
+        #[test]
+        fn any_command_line_gives_a_sound_plan(
+            ip in word(), gw in word(), fip in word(), fgw in word(), separate in proptest::bool::ANY,
+        ) {
+            let n = net("eth0", Some(if separate { "eth1" } else { "eth0" }));
+            let line = format!("onair.ip={ip} onair.gw={gw} onair.fabric_ip={fip} onair.fabric_gw={fgw}");
+            let p = plan(Some(&n), &Cmdline::parse(&line));
+            proptest::prop_assert!(p.management().is_some());
+            proptest::prop_assert_eq!(p.interfaces.len(), if separate { 2 } else { 1 });
+            for i in &p.interfaces {
+                if let Some(a) = i.address {
+                    proptest::prop_assert!(a.check_host().is_ok(), "{}", a);
+                }
+                for r in &i.routes {
+                    if let Some(g) = r.gateway {
+                        let a = i.address.expect("a gateway route needs an address");
+                        proptest::prop_assert!(a.check_gateway(g).is_ok(), "{} {}", a, g);
+                    }
+                }
+            }
+            if let (Some(m), Some(f)) = (
+                p.management().and_then(|m| m.address),
+                p.fabric().filter(|f| f.role == Role::Fabric).and_then(|f| f.address),
+            ) {
+                proptest::prop_assert!(!m.overlaps(f), "{} {}", m, f);
+            }
+        }
+    }
+
     #[test]
     fn point_to_point_prefixes_are_hosts() {
         for s in ["10.0.0.0/31", "10.0.0.1/31", "10.0.0.7/32"] {
