@@ -12,6 +12,7 @@ pub mod bench;
 pub mod board;
 pub mod clock;
 pub mod config;
+pub mod conn_limit;
 pub mod control;
 pub mod ctl;
 pub mod egress;

@@ -10,6 +10,7 @@
 //!   accepts any `SetChunkSize` up to 2^31 (0 makes it mis-frame).
 //! - `rml_amf0` decodes nested objects/arrays recursively: a deep nest overflows the stack.
 //! - `@setDataFrame` with fewer than two following values indexes out of bounds.
+//! - A command (type 17/20) that decodes to fewer than three values panics in `drain(..3)`.
 //! - A `WindowAcknowledgement` size near 2^32 overflows its u32 byte counter.
 //! - Every `createStream` adds a map entry that is never bounded.
 //!
@@ -96,6 +97,9 @@ pub struct ChunkGuard {
     chunk_left: u32,
     message: Option<InProgress>,
     commands: u32,
+    /// Whether media-sized messages are allowed; when not, every message is capped at
+    /// `max_amf_message_bytes` (see [`ChunkGuard::set_media_allowed`]).
+    media_allowed: bool,
 }
 
 impl ChunkGuard {
@@ -108,7 +112,16 @@ impl ChunkGuard {
             chunk_left: 0,
             message: None,
             commands: 0,
+            media_allowed: true,
         }
+    }
+
+    /// Allows (default) or forbids media-sized messages. The receiver forbids them until a
+    /// publish is accepted: rml_rtmp reserves a message's whole announced length at its first
+    /// chunk, so without this an unauthenticated peer could make it hold `max_message_bytes`
+    /// (8 MiB) per connection.
+    pub fn set_media_allowed(&mut self, allowed: bool) {
+        self.media_allowed = allowed;
     }
 
     /// Vets `input`. On a violation returns how many leading bytes of `input` were fine (they
@@ -258,11 +271,17 @@ impl ChunkGuard {
         let collect_cap = match t {
             1..=7 => MAX_CONTROL_BYTES,
             15..=20 => self.limits.max_amf_message_bytes,
+            _ if !self.media_allowed => self.limits.max_amf_message_bytes,
             _ => self.limits.max_message_bytes,
         };
         if hdr.message_length > collect_cap {
+            let when = if self.media_allowed {
+                ""
+            } else {
+                " before a publish was accepted"
+            };
             return Err(Violation::Limit(format!(
-                "message of type {t} is {} bytes, over the {collect_cap}-byte limit",
+                "message of type {t} is {} bytes, over the {collect_cap}-byte limit{when}",
                 hdr.message_length
             )));
         }
@@ -313,7 +332,17 @@ impl ChunkGuard {
                 } else {
                     &data[..]
                 };
-                amf0_scan(body, self.limits.max_amf_depth).map(|_| ())
+                // rml_rtmp takes the first three values with `drain(..3)`, which panics on
+                // fewer (e.g. a body that is just an object-end marker).
+                let top = amf0_scan(body, self.limits.max_amf_depth)?;
+                if top.len() < 3 {
+                    return Err(Violation::Malformed(format!(
+                        "AMF command with {} values (name, transaction id and command object \
+                         needed)",
+                        top.len()
+                    )));
+                }
+                Ok(())
             }
             15 | 18 => check_data_message(&data, self.limits.max_amf_depth),
             _ => Ok(()),
@@ -586,5 +615,30 @@ mod tests {
         let mut g = ChunkGuard::new(GuardLimits::default());
         let big = [0x06, 0, 0, 0, 0x90, 0, 0, 9, 1, 0, 0, 0];
         assert!(matches!(g.check(&big), Err((0, Violation::Limit(_)))));
+    }
+
+    /// Regression (issue 6, hostile clients): before a publish, a peer could announce an
+    /// 8 MiB video message, which rml_rtmp reserves whole: 20 such connections took the
+    /// receiver from 17 to 100 MiB RSS.
+    #[test]
+    fn media_sized_messages_refused_until_allowed() {
+        // A 1 MiB video message header on csid 6.
+        let header = [0x06, 0, 0, 0, 0x10, 0, 0, 9, 1, 0, 0, 0];
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        let (ok, v) = g.check(&header).expect_err("refused before publish");
+        assert_eq!(ok, 0);
+        assert!(
+            matches!(v, Violation::Limit(ref m) if m.contains("before a publish")),
+            "{v:?}"
+        );
+        // Small messages (AMF-sized) still pass, so connect/publish work.
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        assert_eq!(g.check(&[0x06, 0, 0, 0, 0, 0, 0x10, 9, 1, 0, 0, 0]), Ok(()));
+        let mut g = ChunkGuard::new(GuardLimits::default());
+        g.set_media_allowed(false);
+        g.set_media_allowed(true);
+        assert_eq!(g.check(&header), Ok(()));
     }
 }

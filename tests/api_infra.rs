@@ -401,6 +401,24 @@ async fn failed_auth_is_rate_limited_per_address() {
     srv.stop().await;
 }
 
+/// Regression (issue 6, hostile clients): a brute force from the address an admin works from
+/// (a NAT, a jump host) locked that admin out. A token that authenticated from the address
+/// before the block keeps working; every guess still gets 429.
+#[tokio::test]
+async fn brute_force_does_not_lock_out_a_token_already_used_from_that_address() {
+    let srv = start("ratelimit_trusted", plain_config()).await;
+    let a = srv.addr();
+    assert_eq!(request_from("127.0.0.3", a, ADMIN).await.status, 200);
+    for i in 0..30 {
+        let resp = request_from("127.0.0.3", a, &format!("wrong-{i}")).await;
+        assert!(matches!(resp.status, 401 | 429), "attempt {i}");
+    }
+    let resp = request_from("127.0.0.3", a, "wrong-last").await;
+    assert_eq!(error_of(&resp, 429).0, "rate_limited");
+    assert_eq!(request_from("127.0.0.3", a, ADMIN).await.status, 200);
+    srv.stop().await;
+}
+
 fn post_raw(content_type: Option<&str>, body: &[u8]) -> Vec<u8> {
     let ct = content_type
         .map(|c| format!("Content-Type: {c}\r\n"))

@@ -4,7 +4,10 @@
 //! for the roles it allows. Tokens are resolved by a [`TokenResolver`] (the store's looks up the
 //! SHA-256 of the presented token, see [`token_hash`]). Failed attempts (malformed or unknown
 //! tokens) are counted per source address in a token bucket; an address out of tokens gets 429
-//! with `Retry-After` for every request that presents credentials, valid or not.
+//! with `Retry-After` for every request that presents credentials, except a token that already
+//! authenticated from that address before: a brute-forcer behind the same address (a NAT, a
+//! jump host) cannot lock out an admin who was working from there. It gains nothing from this:
+//! only tokens proven valid from that address are let through, every guess still gets 429.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -133,10 +136,15 @@ impl Default for LimiterConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// Tokens (hashes) remembered per address as having authenticated from it.
+const TRUSTED_PER_ADDRESS: usize = 4;
+
+#[derive(Clone, Debug)]
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// Hashes of tokens that authenticated from this address, most recent last.
+    trusted: Vec<[u8; 32]>,
 }
 
 /// A token bucket of allowed auth failures per source address (IPv6 by /64), bounded in size.
@@ -188,12 +196,46 @@ impl FailureLimiter {
         let b = table.entry(k).or_insert(Bucket {
             tokens: burst,
             updated: now,
+            trusted: Vec::new(),
         });
         self.refill(b, now);
         b.tokens = (b.tokens - 1.0).max(0.0);
     }
 
-    /// Frees room: drops refilled buckets, else the least recently updated one.
+    /// Remembers that the token with hash `token` authenticated from `ip`: it keeps working
+    /// from there while the address is blocked ([`FailureLimiter::is_trusted`]).
+    pub fn record_success(&self, ip: IpAddr, token: [u8; 32], now: Instant) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(ip);
+        if let Some(b) = table.get(&k) {
+            if b.trusted.last() == Some(&token) {
+                return; // the common case: the same client again
+            }
+        } else if table.len() >= self.cfg.max_entries {
+            self.evict(&mut table, now);
+        }
+        let b = table.entry(k).or_insert(Bucket {
+            tokens: f64::from(self.cfg.burst),
+            updated: now,
+            trusted: Vec::new(),
+        });
+        b.trusted.retain(|t| *t != token);
+        if b.trusted.len() >= TRUSTED_PER_ADDRESS {
+            b.trusted.remove(0);
+        }
+        b.trusted.push(token);
+    }
+
+    /// Whether the token with hash `token` authenticated from `ip` before.
+    pub fn is_trusted(&self, ip: IpAddr, token: &[u8; 32]) -> bool {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .get(&key(ip))
+            .is_some_and(|b| b.trusted.iter().any(|t| ct_eq(t, token)))
+    }
+
+    /// Frees room: drops refilled buckets (forgetting their trusted tokens, which only matter
+    /// while an address is blocked), else the least recently updated one.
     fn evict(&self, table: &mut HashMap<IpAddr, Bucket>, now: Instant) {
         let burst = f64::from(self.cfg.burst);
         let rate = self.rate_per_s();
@@ -219,7 +261,7 @@ impl FailureLimiter {
 }
 
 /// The limiter's key: IPv4 as is, IPv6 by its /64 (one host usually owns a whole /64).
-fn key(ip: IpAddr) -> IpAddr {
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {
@@ -287,18 +329,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .get::<PeerAddr>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
         let now = Instant::now();
+        let hash = token.ok().map(token_hash);
         if let Err(retry_after_s) = auth.limiter.check(ip, now) {
-            return Err(ApiError::rate_limited(
-                "too many failed authentication attempts from this address",
-                retry_after_s,
-            ));
+            // Blocked: only a token that authenticated from this address before gets through.
+            if !hash.is_some_and(|h| auth.limiter.is_trusted(ip, &h)) {
+                return Err(ApiError::rate_limited(
+                    "too many failed authentication attempts from this address",
+                    retry_after_s,
+                ));
+            }
         }
         let principal = token.ok().and_then(|t| auth.resolver.resolve(t));
-        principal.ok_or_else(|| {
-            auth.limiter.record_failure(ip, now);
-            tracing::warn!(peer = %ip, "failed authentication");
-            ApiError::unauthenticated("invalid bearer token")
-        })
+        match (principal, hash) {
+            (Some(p), Some(h)) => {
+                auth.limiter.record_success(ip, h, now);
+                Ok(p)
+            }
+            _ => {
+                auth.limiter.record_failure(ip, now);
+                tracing::warn!(peer = %ip, "failed authentication");
+                Err(ApiError::unauthenticated("invalid bearer token"))
+            }
+        }
     }
 }
 
@@ -344,6 +396,33 @@ mod tests {
         assert!(l.check(ip, t0 + Duration::from_secs(6)).is_ok());
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(l.check(other, t0).is_ok());
+    }
+
+    #[test]
+    fn a_token_that_worked_from_an_address_survives_its_block() {
+        let l = FailureLimiter::new(LimiterConfig::default());
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t0 = Instant::now();
+        let admin = token_hash("onair_admin");
+        l.record_success(ip, admin, t0);
+        for _ in 0..50 {
+            l.record_failure(ip, t0);
+        }
+        assert!(l.check(ip, t0).is_err(), "the address is blocked");
+        assert!(l.is_trusted(ip, &admin), "the admin's token still passes");
+        assert!(
+            !l.is_trusted(ip, &token_hash("onair_guess")),
+            "a guess does not"
+        );
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(!l.is_trusted(other, &admin), "trust is per address");
+        for i in 0..TRUSTED_PER_ADDRESS {
+            l.record_success(ip, token_hash(&format!("t{i}")), t0);
+        }
+        assert!(
+            !l.is_trusted(ip, &admin),
+            "bounded: the oldest is forgotten"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! hyper's HTTP/1.1 connection driver is used directly (not `axum::serve`) to get TLS, a
 //! header read timeout (slowloris), a TLS handshake timeout, a per-request timeout, a body limit
-//! answered before the handler runs, and a cap on concurrent connections (further clients wait
-//! in the listen backlog).
+//! answered before the handler runs, a cap on concurrent connections (further clients wait
+//! in the listen backlog) and a cap per source address (connections over it are closed at
+//! once), so one host's stalled connections cannot take every slot.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +32,7 @@ use super::auth::PeerAddr;
 use super::error::ApiError;
 use super::json::{BodyLimit, DEFAULT_MAX_BODY_BYTES};
 use super::tls;
+use crate::conn_limit::PerAddress;
 use crate::error::{Error, Result};
 use crate::{bail, err};
 
@@ -73,8 +75,11 @@ pub struct ApiConfig {
     pub header_read_timeout_ms: u64,
     /// Time allowed for a whole request once its headers are in. Default 30000.
     pub request_timeout_ms: u64,
-    /// Concurrent connections; more wait in the listen backlog. Default 256.
+    /// Concurrent connections; more wait in the listen backlog. Default 512.
     pub max_connections: usize,
+    /// Concurrent connections from one address (IPv6: one /64); more are closed on accept.
+    /// Default 32.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ApiConfig {
@@ -87,7 +92,8 @@ impl Default for ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
-            max_connections: 256,
+            max_connections: 512,
+            max_connections_per_address: 32,
         }
     }
 }
@@ -150,8 +156,14 @@ pub async fn serve(
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
     };
     let max_conns = config.max_connections.max(1);
+    let per_address = PerAddress::new(config.max_connections_per_address);
     let task = tokio::spawn(accept_loop(
-        listener, acceptor, router, limits, max_conns, shutdown,
+        listener,
+        acceptor,
+        router,
+        limits,
+        (max_conns, per_address),
+        shutdown,
     ));
     Ok(ServerHandle {
         local_addr,
@@ -185,14 +197,15 @@ fn prepare_tls(config: &ApiConfig) -> Result<(Option<TlsAcceptor>, Option<String
     ))
 }
 
-/// Accepts until shutdown, one task per connection, at most `max_conns` at once; then asks
-/// the connections to finish and waits up to [`DRAIN_TIMEOUT`].
+/// Accepts until shutdown, one task per connection, at most `max_conns` at once and at most
+/// `per_address`'s cap from one address; then asks the connections to finish and waits up to
+/// [`DRAIN_TIMEOUT`].
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     router: Router,
     limits: Limits,
-    max_conns: usize,
+    (max_conns, per_address): (usize, Arc<PerAddress>),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(max_conns));
@@ -215,10 +228,15 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(address_permit) = per_address.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "admin API: too many connections from this address; closed");
+            drop(stream);
+            continue;
+        };
         let (acceptor, router, stop) = (acceptor.clone(), router.clone(), stop_rx.clone());
         tokio::spawn(async move {
             connection(stream, peer, acceptor, router, limits, stop).await;
-            drop(permit);
+            drop((permit, address_permit));
         });
     }
     drop(listener);
@@ -332,7 +350,8 @@ mod tests {
     fn config_is_strict_and_defaulted() {
         let c: ApiConfig = toml::from_str("listen = \"0.0.0.0:443\"\ntls = \"device\"").unwrap();
         assert_eq!(c.max_body_bytes, 64 * 1024);
-        assert_eq!(c.max_connections, 256);
+        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.max_connections_per_address, 32);
         assert!(toml::from_str::<ApiConfig>("lisen = \"0.0.0.0:443\"").is_err());
         assert!(toml::from_str::<ApiConfig>("tls = \"none\"").is_err());
     }

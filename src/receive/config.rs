@@ -32,6 +32,10 @@ pub struct ReceiverConfig {
     /// Connections served at once; more are closed on accept. Default 64.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections from one address (IPv6: one /64) served at once; more are closed on
+    /// accept, so one host's half-open connections cannot take every slot. Default 16.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Seconds a connection may stay silent (handshake included) before it is closed.
     /// Default 10.
     #[serde(default = "default_idle_timeout_secs")]
@@ -100,6 +104,9 @@ fn default_listen() -> SocketAddr {
 fn default_max_connections() -> usize {
     64
 }
+fn default_max_connections_per_address() -> usize {
+    16
+}
 fn default_idle_timeout_secs() -> u64 {
     10
 }
@@ -127,6 +134,7 @@ impl ReceiverConfig {
             record_dir: record_dir.into(),
             streams,
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
             idle_timeout_secs: default_idle_timeout_secs(),
             limits: LimitsConfig::default(),
         }
@@ -181,10 +189,13 @@ impl ReceiverConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!(InvalidArgument, "config: tls_cert and tls_key go together");
         }
-        if self.max_connections == 0 || self.idle_timeout_secs == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_address == 0
+            || self.idle_timeout_secs == 0
+        {
             bail!(
                 InvalidArgument,
-                "config: max_connections and idle_timeout_secs must be > 0"
+                "config: max_connections, max_connections_per_address and idle_timeout_secs must be > 0"
             );
         }
         let l = &self.limits;
@@ -305,6 +316,7 @@ max_message_bytes = 1048576
     fn parses_with_defaults() {
         let c = ReceiverConfig::from_toml(GOOD, Path::new("/")).expect("valid");
         assert_eq!(c.max_connections, 64);
+        assert_eq!(c.max_connections_per_address, 16);
         assert_eq!(c.idle_timeout_secs, 10);
         assert_eq!(c.limits.max_message_bytes, 1 << 20);
         assert_eq!(c.limits.max_chunk_size_bytes, 65536);

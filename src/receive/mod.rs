@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{LimitsConfig, ReceiverConfig, StreamConfig};
 pub use recorder::CompletedFile;
@@ -166,7 +166,14 @@ pub async fn start(config: ReceiverConfig) -> Result<ReceiverHandle> {
     });
     info!(%local_addr, tls = tls.is_some(), "receiver listening");
     let max = config.max_connections;
-    let task = tokio::spawn(accept_loop(listener, tls, shared, shutdown_rx, max));
+    let per_address = crate::conn_limit::PerAddress::new(config.max_connections_per_address);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        shared,
+        shutdown_rx,
+        (max, per_address),
+    ));
     Ok(ReceiverHandle {
         local_addr,
         shutdown,
@@ -205,7 +212,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    max_connections: usize,
+    (max_connections, per_address): (usize, Arc<crate::conn_limit::PerAddress>),
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
@@ -229,12 +236,18 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        let Some(address_permit) = per_address.try_acquire(peer.ip()) else {
+            shared.count(|s| s.connections_refused_limit += 1);
+            debug!(%peer, "connection refused: too many connections from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let conn = Conn {
             shared: shared.clone(),
             peer,
             shutdown: shutdown.clone(),
-            _permit: permit,
+            _permit: (permit, address_permit),
         };
         tokio::spawn(conn.run(tcp, tls.clone()));
     }
@@ -258,7 +271,7 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, crate::conn_limit::AddressPermit),
 }
 
 impl Conn {

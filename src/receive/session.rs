@@ -116,7 +116,12 @@ impl Session {
         Session {
             streams,
             phase: Phase::Handshake(Box::new(Handshake::new(PeerType::Server))),
-            guard: ChunkGuard::new(limits),
+            guard: {
+                // Media-sized messages only after a publish was accepted (see the guard).
+                let mut g = ChunkGuard::new(limits);
+                g.set_media_allowed(false);
+                g
+            },
             app: None,
             publishing: None,
         }
@@ -312,6 +317,7 @@ impl Session {
             return self.reject(request_id, code, reason, claims, out);
         }
         self.publishing = Some(name.clone());
+        self.guard.set_media_allowed(true);
         self.accept(request_id, claims, out);
         if !self.is_closed() {
             out.push(Action::StartRecording {
@@ -358,6 +364,7 @@ impl Session {
 
     fn stop_publishing(&mut self, claims: &mut impl Claims, out: &mut Vec<Action>) {
         if let Some(name) = self.publishing.take() {
+            self.guard.set_media_allowed(false);
             claims.release(&name);
             out.push(Action::StopRecording);
         }

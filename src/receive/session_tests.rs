@@ -329,6 +329,31 @@ fn huge_chunk_size_closes() {
     assert!(matches!(p.closed_reason(), Some(CloseReason::Malformed(_))));
 }
 
+/// Regression (issue 6, hostile clients: AMF garbage): a command message whose AMF decodes to
+/// fewer than three values (here: none, the body is an object-end marker) panicked in rml_rtmp
+/// (`drain(..3)` on a shorter list). The session must close it as malformed.
+#[test]
+fn short_amf_commands_close_without_panic() {
+    for body in [&[0x09u8][..], &[0x05], &[0x02, 0, 1, b'x', 0x05], &[]] {
+        for type_id in [20u8, 17] {
+            let mut msg = body.to_vec();
+            if type_id == 17 {
+                msg.insert(0, 0);
+            }
+            let len = u8::try_from(msg.len()).expect("small");
+            let mut bytes = vec![0x03, 0, 0, 0, 0, 0, len, type_id, 0, 0, 0, 0];
+            bytes.extend_from_slice(&msg);
+            let mut p = Pair::new();
+            p.send_to_server(bytes);
+            assert!(
+                matches!(p.closed_reason(), Some(CloseReason::Malformed(_))),
+                "type {type_id} body {body:?}: {:?}",
+                p.closed_reason()
+            );
+        }
+    }
+}
+
 #[test]
 fn huge_message_and_deep_amf_close() {
     // A video message announcing 9 MiB.
