@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cores=(src/media src/control/consent.rs src/control/destination.rs src/control/model.rs src/egress/session.rs src/egress/queue.rs src/egress/backoff.rs src/egress/url.rs
-       src/receive/session.rs src/rtmp_guard.rs)
+       src/receive/session.rs src/rtmp_guard.rs src/init/netplan.rs src/init/cmdline.rs)
 pattern='tokio|std::net::(Tcp|Udp)|std::fs|std::thread|Instant|SystemTime|::now\(\)|UdpSocket|TcpStream|TcpListener|File::'
 if hits=$(grep -rnE "$pattern" "${cores[@]}" | grep -vE '^\S+:\s*//|include_bytes'); then
   echo "I/O or clock use in a pure core:"

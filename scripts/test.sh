@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone on Debian: installs the real peers the tests talk to
-# (ffmpeg/ffprobe, nginx with the RTMP module, stunnel, openssl) when missing, checks format,
+# (ffmpeg/ffprobe, nginx with the RTMP module, stunnel, openssl, iproute2) when missing, checks format,
 # lints and purity, then runs every unit, golden-file and end-to-end test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v nginx >/dev/null 2>&1 || pkgs+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || pkgs+=(libnginx-mod-rtmp)
 command -v stunnel4 >/dev/null 2>&1 || pkgs+=(stunnel4)
 command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+# tests/init_net.rs: network namespaces and veth pairs (as root; it skips itself otherwise).
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "==> installing test peers: ${pkgs[*]}"
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -72,6 +72,23 @@ pub struct Network {
     pub address: Option<Ipv4Cidr>,
     /// Default gateway. The kernel command line `onair.gw=` overrides it.
     pub gateway: Option<Ipv4Addr>,
+    /// Static address of the fabric NIC, when it is not the management NIC. The kernel command
+    /// line `onair.fabric_ip=` overrides it. None: the fabric NIC comes up without an IPv4
+    /// address (link up and the multicast route only).
+    pub fabric_address: Option<Ipv4Cidr>,
+    /// A gateway on the fabric side: a default route through the fabric NIC with a worse metric
+    /// than the management one (a fallback, never preferred). The kernel command line
+    /// `onair.fabric_gw=` overrides it. None: no gateway on the fabric side.
+    pub fabric_gateway: Option<Ipv4Addr>,
+}
+
+impl Network {
+    /// The fabric NIC if it is a different interface from the management NIC.
+    pub fn separate_fabric(&self) -> Option<&str> {
+        self.fabric
+            .as_deref()
+            .filter(|f| *f != self.management.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -139,6 +156,97 @@ pub struct Ipv4Cidr {
     pub prefix_len: u8,
 }
 
+impl Network {
+    /// The addresses must be usable host addresses and each gateway must be on its
+    /// interface's subnet; fabric settings need a separate fabric NIC.
+    fn validate(&self) -> Result<()> {
+        let bad = |e: String| crate::err!(InvalidArgument, "board: network.{e}");
+        if let Some(a) = self.address {
+            a.check_host().map_err(|e| bad(format!("address: {e}")))?;
+        }
+        if let (Some(a), Some(gw)) = (self.address, self.gateway) {
+            a.check_gateway(gw)
+                .map_err(|e| bad(format!("gateway: {e}")))?;
+        }
+        if self.separate_fabric().is_none()
+            && (self.fabric_address.is_some() || self.fabric_gateway.is_some())
+        {
+            return Err(bad(
+                "fabric_address/fabric_gateway: need a fabric NIC other than the management NIC"
+                    .into(),
+            ));
+        }
+        if let Some(f) = self.fabric_address {
+            f.check_host()
+                .map_err(|e| bad(format!("fabric_address: {e}")))?;
+            if let Some(a) = self.address
+                && a.overlaps(f)
+            {
+                return Err(bad(format!(
+                    "fabric_address: {f} overlaps the management subnet of {a}"
+                )));
+            }
+        }
+        if let Some(gw) = self.fabric_gateway {
+            let f = self
+                .fabric_address
+                .ok_or_else(|| bad("fabric_gateway: needs fabric_address".into()))?;
+            f.check_gateway(gw)
+                .map_err(|e| bad(format!("fabric_gateway: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Ipv4Cidr {
+    /// The network address ("10.0.2.15/24" → 10.0.2.0).
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    fn mask(self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// Whether `ip` is on this subnet.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(self, other: Ipv4Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// An address an interface can have: unicast, not loopback, not the subnet's network or
+    /// broadcast address (prefixes /31 and /32 have neither).
+    pub fn check_host(self) -> std::result::Result<(), String> {
+        let a = self.addr;
+        if a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() {
+            return Err(format!("{self}: not a unicast host address"));
+        }
+        if self.prefix_len <= 30 {
+            let host = u32::from(a) & !self.mask();
+            if host == 0 || host == !self.mask() {
+                return Err(format!(
+                    "{self}: the network or broadcast address of its subnet"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A gateway for this interface address: on its subnet and not the address itself.
+    pub fn check_gateway(self, gw: Ipv4Addr) -> std::result::Result<(), String> {
+        if gw == self.addr || !self.contains(gw) || gw.is_multicast() || gw.is_unspecified() {
+            return Err(format!("{gw}: not a host on the subnet of {self}"));
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for Ipv4Cidr {
     type Err = String;
 
@@ -204,6 +312,15 @@ impl Board {
                 crate::bail!(InvalidArgument, "board: {what} {v:?} is not a plain name");
             }
         }
+        if let Some(f) = &self.network.fabric
+            && !ident(f)
+        {
+            crate::bail!(
+                InvalidArgument,
+                "board: network.fabric {f:?} is not a plain name"
+            );
+        }
+        self.network.validate()?;
         if let Some(m) = self.kernel.modules.iter().find(|m| !ident(m)) {
             crate::bail!(InvalidArgument, "board: module {m:?} is not a plain name");
         }
@@ -330,6 +447,68 @@ mod tests {
         assert!(Board::from_toml(&text).is_err());
         let text = QEMU.replace("driver = \"i6300esb\"", "driver = \"softdog\"");
         assert!(Board::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn fabric_settings_are_checked() {
+        let g = Board::from_toml(GENERIC).expect("generic board");
+        assert_eq!(g.network.separate_fabric(), Some("eth1"));
+        let q = Board::from_toml(QEMU).expect("qemu board");
+        assert_eq!(q.network.separate_fabric(), None);
+        let with = |board: &str, extra: &str| {
+            Board::from_toml(&board.replace("[network]", &format!("[network]\n{extra}")))
+        };
+        let ok = with(
+            GENERIC,
+            "address = \"10.1.0.2/24\"\nfabric_address = \"192.168.50.10/24\"\n\
+             fabric_gateway = \"192.168.50.1\"",
+        )
+        .expect("fabric address and gateway");
+        assert_eq!(ok.network.fabric_address, "192.168.50.10/24".parse().ok());
+        for (board, extra, needle) in [
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.0/24\"",
+                "fabric_address",
+            ),
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.10\"",
+                "ADDRESS/PREFIX",
+            ),
+            (
+                GENERIC,
+                "fabric_gateway = \"192.168.50.1\"",
+                "needs fabric_address",
+            ),
+            (
+                GENERIC,
+                "address = \"10.1.0.2/16\"\nfabric_address = \"10.1.7.2/24\"",
+                "overlaps",
+            ),
+            (
+                GENERIC,
+                "fabric_address = \"192.168.50.10/24\"\nfabric_gateway = \"10.0.0.1\"",
+                "fabric_gateway",
+            ),
+            (
+                QEMU,
+                "fabric_address = \"192.168.50.10/24\"",
+                "fabric NIC other",
+            ),
+        ] {
+            let e = with(board, extra).expect_err(extra);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+        }
+        let e = Board::from_toml(&QEMU.replace("10.0.2.15/24", "10.0.2.255/24"))
+            .expect_err("broadcast address");
+        assert!(e.to_string().contains("broadcast"), "{e}");
+        let e = Board::from_toml(&QEMU.replace("\"10.0.2.2\"", "\"10.0.3.2\""))
+            .expect_err("gateway off the subnet");
+        assert!(e.to_string().contains("network.gateway"), "{e}");
+        let e = Board::from_toml(&GENERIC.replace("fabric = \"eth1\"", "fabric = \"eth 1\""))
+            .expect_err("bad fabric name");
+        assert!(e.to_string().contains("network.fabric"), "{e}");
     }
 
     #[test]

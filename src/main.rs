@@ -10,6 +10,7 @@ commands:
   fabric-sim   play a TS file over UDP as the conferencing fabric would (paced, looping)
   receive      run the private ingest: an RTMP/RTMPS server recording publishes to FLV
   init         PID 1 of the appliance image (see docs/image.md); only as PID 1
+  init-net     the network bring-up of init, alone (tests, benches): init-net --board FILE [--cmdline TEXT]
   board        check a board file and print it as shell variables: onair board FILE
   version      print the version";
 
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
         Some("receive") => onair::receive::cli::main(rest),
         Some("ctl") => onair::ctl::main(rest),
         Some("board") => board_main(rest),
+        #[cfg(target_os = "linux")]
+        Some("init-net") => onair::init::net_main(rest),
         Some("version" | "--version") => {
             println!("onair {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

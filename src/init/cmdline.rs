@@ -3,6 +3,10 @@
 //! - `onair.slot=a|b`: which root partition (`root_a`/`root_b`) to mount. Default `a`.
 //! - `onair.ip=ADDR/PREFIX`: the management address (overrides the board file).
 //! - `onair.gw=ADDR`: the default gateway (overrides the board file).
+//! - `onair.fabric_ip=ADDR/PREFIX`: the fabric NIC's address, when the board's fabric NIC is
+//!   not the management NIC (overrides the board file's `fabric_address`).
+//! - `onair.fabric_gw=ADDR`: a fallback default route through the fabric NIC (overrides the
+//!   board file's `fabric_gateway`).
 //!
 //! Unknown `onair.*` keys and bad values are reported, never fatal.
 
@@ -15,6 +19,8 @@ pub struct Cmdline {
     pub slot: Slot,
     pub ip: Option<Ipv4Cidr>,
     pub gw: Option<Ipv4Addr>,
+    pub fabric_ip: Option<Ipv4Cidr>,
+    pub fabric_gw: Option<Ipv4Addr>,
     /// Problems to log: unknown keys, bad values.
     pub warnings: Vec<String>,
 }
@@ -69,6 +75,16 @@ impl Cmdline {
                         .warnings
                         .push(format!("onair.gw={value:?}: bad IPv4 address")),
                 },
+                "fabric_ip" => match value.parse() {
+                    Ok(ip) => c.fabric_ip = Some(ip),
+                    Err(e) => c.warnings.push(format!("onair.fabric_ip: {e}")),
+                },
+                "fabric_gw" => match value.parse() {
+                    Ok(gw) => c.fabric_gw = Some(gw),
+                    Err(_) => c
+                        .warnings
+                        .push(format!("onair.fabric_gw={value:?}: bad IPv4 address")),
+                },
                 _ => c.warnings.push(format!("unknown parameter onair.{key}")),
             }
         }
@@ -90,6 +106,11 @@ mod tests {
         assert_eq!(c.gw, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.slot.root_partition(), "root_b");
+        assert_eq!((c.fabric_ip, c.fabric_gw), (None, None));
+        let c = Cmdline::parse("onair.fabric_ip=192.168.50.10/24 onair.fabric_gw=192.168.50.1");
+        assert_eq!(c.fabric_ip, "192.168.50.10/24".parse().ok());
+        assert_eq!(c.fabric_gw, Some(Ipv4Addr::new(192, 168, 50, 1)));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
@@ -98,5 +119,9 @@ mod tests {
         assert_eq!(c.slot, Slot::A);
         assert_eq!((c.ip, c.gw), (None, None));
         assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+        let c = Cmdline::parse("onair.fabric_ip=192.168.50.10 onair.fabric_gw=1.2.3");
+        assert_eq!((c.fabric_ip, c.fabric_gw), (None, None));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("fabric_ip"), "{:?}", c.warnings);
     }
 }

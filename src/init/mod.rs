@@ -7,8 +7,9 @@
 //!    squashfs read-only, moves the early mounts into it, makes it `/` (switch_root) and
 //!    execs `/usr/bin/onair init --on-root` from it — still PID 1.
 //! 2. **root** (read-only squashfs): mounts the `data` partition (ext4) on /data, brings up
-//!    loopback and the management NIC (address from `onair.ip=`/`onair.gw=` or the board
-//!    file), pets the watchdog, watches the ACPI power button, reaps orphans, and runs the
+//!    loopback, the management NIC (address from `onair.ip=`/`onair.gw=` or the board
+//!    file) and a separate fabric NIC (`onair.fabric_ip=` or the board file; the multicast
+//!    route; see [`netplan`]), pets the watchdog, watches the ACPI power button, reaps orphans, and runs the
 //!    service (`run::start_with`) with its state in /data/onair and the admin API on the
 //!    management address, HTTPS on 8443. The first boot prints the admin URL, the certificate
 //!    fingerprint and where the admin token is on the console.
@@ -23,6 +24,7 @@
 
 pub mod cmdline;
 pub mod netlink;
+pub mod netplan;
 pub mod sys;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -159,7 +161,7 @@ fn stage2(on_root: bool) -> ! {
         tracing::warn!("Ctrl-Alt-Del → SIGINT: {e}");
     }
     mount_data();
-    let mgmt = bring_up_network(board.as_ref(), &cmdline);
+    let net = bring_up_network(board.as_ref(), &cmdline);
     let watchdog = board
         .as_ref()
         .and_then(|b| b.watchdog.as_ref())
@@ -174,7 +176,7 @@ fn stage2(on_root: bool) -> ! {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGUSR2);
     });
     tracing::info!(devices = buttons, "watching the power button");
-    let config = service_config(mgmt);
+    let config = service_config(net);
     let action = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,60 +206,79 @@ fn mount_data() {
     }
 }
 
-/// Loopback and the management NIC. Returns the management address, if configured.
-fn bring_up_network(board: Option<&Board>, cmdline: &Cmdline) -> Option<Ipv4Cidr> {
-    let mut seq = 1;
-    let mut req = |msg: &dyn Fn(u32) -> Vec<u8>, what: &str| {
-        let r = netlink::request(&msg(seq), seq);
-        seq += 1;
-        if let Err(e) = &r {
-            tracing::error!("network: {what}: {e}");
-        }
-        r.is_ok()
-    };
-    req(&|s| netlink::link_up(1, s), "lo up");
-    let net = board.map(|b| &b.network);
-    let addr = cmdline.ip.or(net.and_then(|n| n.address));
-    let gw = cmdline.gw.or(net.and_then(|n| n.gateway));
-    let name = net.map_or("eth0", |n| n.management.as_str());
-    let Some(addr) = addr else {
+/// Loopback, the management NIC and a separate fabric NIC (see [`netplan`]).
+fn bring_up_network(board: Option<&Board>, cmdline: &Cmdline) -> netlink::Applied {
+    let plan = netplan::plan(board.map(|b| &b.network), cmdline);
+    if plan.management().and_then(|m| m.address).is_none() {
         tracing::error!("network: no management address (board file or onair.ip=)");
-        return None;
-    };
-    let index = match sys::wait_interface(name, Duration::from_secs(10)) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!("network: {e}");
-            return None;
+    }
+    netlink::apply(
+        &plan,
+        netlink::Waits {
+            management: Duration::from_secs(10),
+            fabric: Duration::from_secs(5),
+        },
+    )
+}
+
+/// `onair init-net --board FILE [--cmdline TEXT]`: the network bring-up of `onair init`, on its
+/// own (not PID 1). For tests in a network namespace and for checking a board on a bench; it
+/// changes the network of wherever it runs. Exit 0 if the management address is set.
+pub fn net_main(args: &[String]) -> ExitCode {
+    let mut board_file = None;
+    let mut cmdline_text = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--board", Some(v)) => board_file = Some(PathBuf::from(v)),
+            ("--cmdline", Some(v)) => cmdline_text = v.clone(),
+            _ => {
+                eprintln!("usage: onair init-net --board FILE [--cmdline TEXT]");
+                return ExitCode::from(2);
+            }
         }
+    }
+    let board = match board_file.as_deref().map(Board::load) {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            eprintln!("onair init-net: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
     };
-    req(&|s| netlink::link_up(index, s), "management link up");
-    if !req(
-        &|s| netlink::add_address(index, addr.addr, addr.prefix_len, s),
-        "address",
-    ) {
-        return None;
+    let cmdline = Cmdline::parse(&cmdline_text);
+    for w in &cmdline.warnings {
+        tracing::warn!("kernel command line: {w}");
     }
-    if let Some(gw) = gw {
-        req(
-            &|s| netlink::add_default_route(index, gw, s),
-            "default route",
-        );
+    let plan = netplan::plan(board.as_ref().map(|b| &b.network), &cmdline);
+    let waits = netlink::Waits {
+        management: Duration::from_secs(2),
+        fabric: Duration::from_secs(1),
+    };
+    let applied = netlink::apply(&plan, waits);
+    println!(
+        "management {} fabric {}",
+        applied.management.map_or("-".into(), |a| a.to_string()),
+        applied.fabric.map_or("-".into(), |a| a.to_string())
+    );
+    if applied.management.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    tracing::info!(interface = name, address = %addr, gateway = ?gw, "management network up");
-    Some(addr)
 }
 
 /// The service's config: /data/onair.toml if present, else state in /data/onair and the API
-/// on the management address (HTTPS, port 8443); fabric sources on the management subnet.
-fn service_config(mgmt: Option<Ipv4Cidr>) -> RunConfig {
+/// on the management address (HTTPS, port 8443); fabric sources on the management subnet and
+/// on a separate fabric NIC's subnet.
+fn service_config(net: netlink::Applied) -> RunConfig {
     if Path::new(DATA_CONFIG).exists() {
         match RunConfig::load(Path::new(DATA_CONFIG)) {
             Ok(c) => return c,
             Err(e) => tracing::error!("{e}: using the built-in config"),
         }
     }
-    let ip = mgmt.map_or(Ipv4Addr::UNSPECIFIED, |c| c.addr);
+    let ip = net.management.map_or(Ipv4Addr::UNSPECIFIED, |c| c.addr);
     let mut c = RunConfig {
         data_dir: PathBuf::from(DATA_DIR),
         ..RunConfig::default()
@@ -265,8 +286,8 @@ fn service_config(mgmt: Option<Ipv4Cidr>) -> RunConfig {
     c.api.listen = SocketAddr::new(IpAddr::V4(ip), API_PORT);
     c.api.tls = Some(true);
     c.fabric.allowed_sources = vec!["127.0.0.0/8".into()];
-    if let Some(m) = mgmt {
-        c.fabric.allowed_sources.push(network_of(m).to_string());
+    for n in [net.management, net.fabric].into_iter().flatten() {
+        c.fabric.allowed_sources.push(network_of(n).to_string());
     }
     c
 }
@@ -445,7 +466,10 @@ mod tests {
 
     #[test]
     fn built_in_service_config_serves_https_on_the_management_address() {
-        let c = service_config("10.0.2.15/24".parse().ok());
+        let c = service_config(netlink::Applied {
+            management: "10.0.2.15/24".parse().ok(),
+            fabric: None,
+        });
         assert_eq!(c.api.listen, "10.0.2.15:8443".parse().expect("addr"));
         assert_eq!(c.api_tls(), Some(true));
         assert_eq!(c.data_dir, PathBuf::from("/data/onair"));
@@ -453,6 +477,15 @@ mod tests {
             c.fabric
                 .allowed_sources
                 .contains(&"10.0.2.0/24".to_string())
+        );
+        c.validate().expect("valid");
+        let c = service_config(netlink::Applied {
+            management: "10.0.2.15/24".parse().ok(),
+            fabric: "192.168.50.10/24".parse().ok(),
+        });
+        assert_eq!(
+            c.fabric.allowed_sources,
+            ["127.0.0.0/8", "10.0.2.0/24", "192.168.50.0/24"]
         );
         c.validate().expect("valid");
     }

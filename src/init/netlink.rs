@@ -1,8 +1,12 @@
-//! Just enough rtnetlink to bring an interface up, give it an IPv4 address and add a default
-//! route — without `ip` or any `unsafe`: the messages are built here (pure, tested) and sent
-//! over a netlink socket through `nix`.
+//! Just enough rtnetlink to bring an interface up, give it an IPv4 address and add routes —
+//! without `ip` or any `unsafe`: the messages are built here (pure, tested) and sent over a
+//! netlink socket through `nix`. [`apply`] carries out a [`NetPlan`].
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::netplan::{Interface, NetPlan, Role, Route};
+use crate::board::Ipv4Cidr;
 
 const NLMSG_ERROR: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
@@ -16,8 +20,12 @@ const AF_INET: u8 = 2;
 const IFF_UP: u32 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RTN_UNICAST: u8 = 1;
@@ -82,14 +90,47 @@ pub fn add_address(index: u32, addr: Ipv4Addr, prefix_len: u8, seq: u32) -> Vec<
 
 /// RTM_NEWROUTE: the default route via `gateway` out of interface `index`.
 pub fn add_default_route(index: u32, gateway: Ipv4Addr, seq: u32) -> Vec<u8> {
-    // family, dst_len, src_len, tos, table, protocol, scope universe, type; flags
-    let mut rt = vec![AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0, RTN_UNICAST];
+    let route = Route {
+        dst: None,
+        gateway: Some(gateway),
+        metric: None,
+    };
+    add_route(index, &route, seq)
+}
+
+/// RTM_NEWROUTE: `route` out of interface `index` (main table). Without a gateway the route is
+/// on-link (scope link).
+pub fn add_route(index: u32, route: &Route, seq: u32) -> Vec<u8> {
+    let dst_len = route.dst.map_or(0, |d| d.prefix_len);
+    let scope = if route.gateway.is_some() {
+        RT_SCOPE_UNIVERSE
+    } else {
+        RT_SCOPE_LINK
+    };
+    // family, dst_len, src_len, tos, table, protocol, scope, type; flags
+    let mut rt = vec![
+        AF_INET,
+        dst_len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_BOOT,
+        scope,
+        RTN_UNICAST,
+    ];
     rt.extend_from_slice(&0u32.to_ne_bytes());
-    Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, seq)
-        .bytes(&rt)
-        .attr(RTA_GATEWAY, &gateway.octets())
-        .attr(RTA_OIF, &index.to_ne_bytes())
-        .finish()
+    let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, seq).bytes(&rt);
+    if let Some(d) = route.dst {
+        m = m.attr(RTA_DST, &d.network().octets());
+    }
+    if let Some(gw) = route.gateway {
+        m = m.attr(RTA_GATEWAY, &gw.octets());
+    }
+    m = m.attr(RTA_OIF, &index.to_ne_bytes());
+    if let Some(metric) = route.metric {
+        m = m.attr(RTA_PRIORITY, &metric.to_ne_bytes());
+    }
+    m.finish()
 }
 
 /// The kernel's answer to request `seq`: `Some(0)` for an ack, `Some(-errno)` for an error,
@@ -150,6 +191,121 @@ pub fn request(msg: &[u8], seq: u32) -> std::io::Result<()> {
     Err(std::io::Error::other("no netlink ack"))
 }
 
+/// What [`apply`] configured: the addresses that are on their interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub management: Option<Ipv4Cidr>,
+    /// A separate fabric NIC's address (None when it is the management NIC).
+    pub fabric: Option<Ipv4Cidr>,
+}
+
+/// How long [`apply`] waits for each NIC to appear (drivers probe after the modules load).
+#[derive(Clone, Copy, Debug)]
+pub struct Waits {
+    pub management: Duration,
+    /// Counted after the management NIC is there: both NICs probe at about the same time.
+    pub fabric: Duration,
+}
+
+/// Brings up `lo` and every interface of `plan`: link up, address, routes. Never fails: each
+/// problem is logged (a missing fabric NIC does not hold back the management NIC).
+#[cfg(target_os = "linux")]
+pub fn apply(plan: &NetPlan, waits: Waits) -> Applied {
+    for e in &plan.errors {
+        tracing::error!("network: {e}");
+    }
+    let mut seq = 1;
+    send(&link_up(1, seq), seq, "lo", "link up");
+    let mut applied = Applied::default();
+    for iface in &plan.interfaces {
+        let wait = if iface.role == Role::Fabric {
+            waits.fabric
+        } else {
+            waits.management
+        };
+        let addr = bring_up(iface, wait, &mut seq);
+        match iface.role {
+            Role::Fabric => applied.fabric = addr,
+            Role::Management | Role::ManagementAndFabric => applied.management = addr,
+        }
+    }
+    applied
+}
+
+/// One interface; returns its address if it was set.
+#[cfg(target_os = "linux")]
+fn bring_up(iface: &Interface, wait: Duration, seq: &mut u32) -> Option<Ipv4Cidr> {
+    let role = match iface.role {
+        Role::Management => "management",
+        Role::Fabric => "fabric",
+        Role::ManagementAndFabric => "management and fabric",
+    };
+    let name = iface.name.as_str();
+    let index = match super::sys::wait_interface(name, wait) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(
+                "network: {role} NIC {name} is missing ({e}): not configured, continuing without it"
+            );
+            return None;
+        }
+    };
+    let mut next = || {
+        *seq = seq.wrapping_add(1);
+        *seq
+    };
+    let s = next();
+    send(&link_up(index, s), s, name, "link up");
+    let addr = iface.address.filter(|a| {
+        let s = next();
+        send(
+            &add_address(index, a.addr, a.prefix_len, s),
+            s,
+            name,
+            "address",
+        )
+    });
+    if iface.address.is_none() {
+        tracing::warn!("network: {role} NIC {name}: no IPv4 address configured");
+    }
+    for r in &iface.routes {
+        if r.gateway.is_some() && addr.is_none() {
+            continue;
+        }
+        let s = next();
+        send(&add_route(index, r, s), s, name, &describe(r));
+    }
+    tracing::info!(
+        interface = name,
+        address = %addr.map_or("-".to_string(), |a| a.to_string()),
+        routes = ?iface.routes.iter().map(describe).collect::<Vec<_>>(),
+        "{role} network up"
+    );
+    addr
+}
+
+fn describe(r: &Route) -> String {
+    let mut s = r.dst.map_or("default".to_string(), |d| d.to_string());
+    if let Some(gw) = r.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(m) = r.metric {
+        s.push_str(&format!(" metric {m}"));
+    }
+    s
+}
+
+#[cfg(target_os = "linux")]
+fn send(msg: &[u8], seq: u32, name: &str, what: &str) -> bool {
+    match request(msg, seq) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("network: {name}: {what}: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +351,36 @@ mod tests {
         assert_eq!(&m[32..36], &[10, 0, 2, 2]);
         assert_eq!(u16_at(&m, 38), RTA_OIF);
         assert_eq!(u32_at(&m, 40), 2);
+    }
+
+    #[test]
+    fn multicast_route_layout() {
+        let r = Route {
+            dst: Some(super::super::netplan::MULTICAST),
+            gateway: None,
+            metric: Some(1024),
+        };
+        let m = add_route(3, &r, 9);
+        assert_eq!(m.len(), 16 + 12 + 8 + 8 + 8);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(
+            &m[16..24],
+            &[
+                AF_INET,
+                4,
+                0,
+                0,
+                RT_TABLE_MAIN,
+                RTPROT_BOOT,
+                RT_SCOPE_LINK,
+                RTN_UNICAST
+            ]
+        );
+        assert_eq!((u16_at(&m, 28), u16_at(&m, 30)), (8, RTA_DST));
+        assert_eq!(&m[32..36], &[224, 0, 0, 0]);
+        assert_eq!((u16_at(&m, 38), u32_at(&m, 40)), (RTA_OIF, 3));
+        assert_eq!((u16_at(&m, 46), u32_at(&m, 48)), (RTA_PRIORITY, 1024));
+        assert_eq!(describe(&r), "224.0.0.0/4 metric 1024");
     }
 
     #[test]
