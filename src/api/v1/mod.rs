@@ -61,6 +61,47 @@ impl TokenResolver for ControlTokens {
     }
 }
 
+/// The JSON request bodies of the v1 API, for [`decode_body`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    NewSession,
+    Confirm,
+    Profile,
+    Entitlement,
+    Policy,
+    NewSubscriber,
+    NewToken,
+}
+
+impl BodyKind {
+    pub const ALL: [BodyKind; 7] = [
+        BodyKind::NewSession,
+        BodyKind::Confirm,
+        BodyKind::Profile,
+        BodyKind::Entitlement,
+        BodyKind::Policy,
+        BodyKind::NewSubscriber,
+        BodyKind::NewToken,
+    ];
+}
+
+/// Decodes a request body as its handler does, with the edge checks that need no state: the
+/// session source and schedule (against `allowed_sources`), the profile key and URL (against
+/// `policy`), the policy's CIDRs. Nothing reaches the supervisor or the store. The fuzz target
+/// `api_decode` drives this.
+pub fn decode_body(
+    kind: BodyKind,
+    body: &[u8],
+    allowed_sources: &[crate::control::destination::Cidr],
+    policy: &crate::control::model::Policy,
+) -> Result<(), ApiError> {
+    match kind {
+        BodyKind::NewSession | BodyKind::Confirm => sessions::decode(kind, body, allowed_sources),
+        BodyKind::Profile => profiles::decode(body, policy),
+        _ => admin::decode(kind, body),
+    }
+}
+
 /// The actor of a request, for the state machine and the audit log.
 pub fn actor(p: &Principal, peer: Option<Extension<PeerAddr>>) -> Actor {
     Actor {
