@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS]          build with cargo-fuzz (installed when missing), run all
 #   scripts/fuzz.sh --merge [SECONDS]  also merge new coverage into fuzz/corpus/<target>
 #   scripts/fuzz.sh --ci [SECONDS]     what scripts/test.sh runs: no cargo-fuzz, plain cargo
-#                                      build with the same flags; one line per target
+#                                      build with the same flags (profile fuzz-ci)
 #   FUZZ_TARGETS="h264 aac" scripts/fuzz.sh 300   only some targets
 #
 # Stable toolchain only: no sanitizer (`-s none`; ASan needs nightly's -Zsanitizer, and these
@@ -28,8 +28,7 @@ target_dir="${FUZZ_TARGET_DIR:-$PWD/target/fuzz}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 bin_dir="$target_dir/$triple/release"
 
-# The flags `cargo fuzz build -O -a -s none --codegen-units 16` passes (cargo-fuzz 0.13):
-# with the same flags and profile, both ways of building share one set of artifacts.
+# The flags `cargo fuzz build -O -a -s none --codegen-units 16` passes (cargo-fuzz 0.13).
 rustflags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
 rustflags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
 rustflags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
@@ -41,9 +40,10 @@ if [ "$mode" = ci ]; then
   # CI skips installing cargo-fuzz (about a minute of compiling): libfuzzer-sys only needs
   # these flags.
   echo "==> fuzz build (cargo build, libFuzzer instrumentation)"
+  # Profile fuzz-ci (fuzz/Cargo.toml): opt-level 1, no debuginfo, for a quicker cold build.
   RUSTFLAGS="$rustflags" cargo build --quiet --manifest-path fuzz/Cargo.toml \
-    --target "$triple" --release --config 'profile.release.debug="line-tables-only"' \
-    --bins --target-dir "$target_dir"
+    --target "$triple" --profile fuzz-ci --bins --target-dir "$target_dir"
+  bin_dir="$target_dir/$triple/fuzz-ci"
 else
   if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "==> installing cargo-fuzz"

@@ -192,7 +192,8 @@ mod decode_tests {
         assert_eq!(status(BodyKind::NewSession, s), None);
         let s = br#"{"profile_id":"p","meeting_id":"m","source":"udp://10.0.0.1:5000"}"#;
         assert_eq!(status(BodyKind::NewSession, s), Some(403));
-        let s = br#"{"profile_id":"p","meeting_id":"m","source":"udp://127.0.0.1:1","stop_at_ms":1}"#;
+        let s =
+            br#"{"profile_id":"p","meeting_id":"m","source":"udp://127.0.0.1:1","stop_at_ms":1}"#;
         assert_eq!(status(BodyKind::NewSession, s), Some(400));
         let p = br#"{"name":"x","service":"youtube","url":"rtmps://a.rtmps.youtube.com/live2","stream_key":"abcd-1234"}"#;
         assert_eq!(status(BodyKind::Profile, p), None);
