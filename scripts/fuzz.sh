@@ -59,7 +59,10 @@ for t in $targets; do
   mkdir -p "$work/$t" "target/fuzz-artifacts/$t" "fuzz/corpus/$t"
   log="$work/$t.log"
   start=$(date +%s)
-  if ! "$bin_dir/$t" "$work/$t" "fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 \
+  # Inputs that once failed (fuzz/regressions/<target>) are replayed first, with the corpus.
+  dirs=("fuzz/corpus/$t")
+  [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
+  if ! "$bin_dir/$t" "$work/$t" "${dirs[@]}" -max_total_time="$seconds" -timeout=10 \
       -rss_limit_mb=1024 -print_final_stats=1 \
       -artifact_prefix="target/fuzz-artifacts/$t/" >"$log" 2>&1; then
     tail -n 40 "$log"
@@ -70,7 +73,7 @@ for t in $targets; do
   runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -n 1)
   new=$(find "$work/$t" -type f | wc -l)
   # libFuzzer's last status line: "cov: N ft: N corp: N/SIZE ..."
-  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -n 1)
+  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -n 1 || true)
   echo "fuzz: ok: $t ${runs:-0} runs in $((end - start)) s ($cov; $new new corpus entries)"
   if [ "$mode" = merge ] && [ "$new" -gt 0 ]; then
     "$bin_dir/$t" -merge=1 "fuzz/corpus/$t" "$work/$t" >"$work/$t.merge.log" 2>&1
