@@ -17,12 +17,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.start >= prev_end && r.end <= stream.len(), "NAL ranges");
         prev_end = r.end;
         let nal = &stream[r.clone()];
-        if nal_type(nal) == Some(7) {
-            if let Ok(info) = parse_sps(nal) {
-                assert!(info.width > 0 && info.height > 0, "SPS size {info:?}");
-                if let Some(fps) = info.frame_rate() {
-                    assert!(fps.is_finite() && fps > 0.0, "frame rate {fps}");
-                }
+        if nal_type(nal) == Some(7)
+            && let Ok(info) = parse_sps(nal)
+        {
+            assert!(info.width > 0 && info.height > 0, "SPS size {info:?}");
+            if let Some(fps) = info.frame_rate() {
+                assert!(fps.is_finite() && fps > 0.0, "frame rate {fps}");
             }
         }
     }
