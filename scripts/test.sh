@@ -34,6 +34,15 @@ scripts/check-pure.sh
 echo "==> cargo test"
 mkdir -p target
 cargo test --all-targets 2>&1 | tee target/test.log
+# Every fuzz target for a short bounded time on the committed corpus (fuzz/, its own
+# workspace; scripts/fuzz.sh runs them longer). ONAIR_SKIP_FUZZ=1 skips it.
+rm -f target/fuzz.log
+if [ "${ONAIR_SKIP_FUZZ:-0}" = 1 ]; then
+  echo "==> fuzz skipped (ONAIR_SKIP_FUZZ=1)"
+else
+  echo "==> fuzz (${ONAIR_FUZZ_SECONDS:-10} s per target)"
+  scripts/fuzz.sh --ci "${ONAIR_FUZZ_SECONDS:-10}" 2>&1 | tee target/fuzz.log
+fi
 echo "==> bench smoke (K=1, onair only, a few seconds: checks delivery, never speed)"
 scripts/bench.sh --smoke
 # The appliance image, booted in qemu. TCG only (this machine's /dev/kvm cannot boot stock
@@ -46,6 +55,8 @@ else
   echo "==> image test (build, boot under TCG, flash)"
   tests/image.sh 2>&1 | tee target/image-test.log
 fi
-# One closing line with the totals: every cargo test binary, plus the image test's checks.
+# One closing line with the totals: every cargo test binary, plus the fuzz targets and the
+# image test's checks.
 image_ok=$(grep -c '^image test: ok:' target/image-test.log 2>/dev/null || true)
-awk -v img="${image_ok:-0}" '/^test result:/ { p += $4; f += $6 } END { printf "onair: %d passed, %d failed\n", p + img, f }' target/test.log
+fuzz_ok=$(grep -c '^fuzz: ok:' target/fuzz.log 2>/dev/null || true)
+awk -v img="${image_ok:-0}" -v fz="${fuzz_ok:-0}" '/^test result:/ { p += $4; f += $6 } END { printf "onair: %d passed, %d failed\n", p + img + fz, f }' target/test.log

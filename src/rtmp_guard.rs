@@ -124,6 +124,24 @@ impl ChunkGuard {
         self.media_allowed = allowed;
     }
 
+    /// Bytes the guard holds for the connection (header bytes, a collected control/AMF message
+    /// by capacity, per-chunk-stream state): bounded by the limits, checked by the fuzz targets.
+    pub fn held_bytes(&self) -> usize {
+        let collected = self
+            .message
+            .as_ref()
+            .and_then(|m| m.collected.as_ref())
+            .map_or(0, Vec::capacity);
+        self.header.capacity()
+            + collected
+            + self.headers.len() * std::mem::size_of::<(u32, PrevHeader)>()
+    }
+
+    /// Distinct chunk stream ids seen (at most [`GuardLimits::max_chunk_streams`]).
+    pub fn chunk_streams(&self) -> usize {
+        self.headers.len()
+    }
+
     /// Vets `input`. On a violation returns how many leading bytes of `input` were fine (they
     /// end on a chunk boundary, or inside a header that was not yet complete).
     pub fn check(&mut self, input: &[u8]) -> Result<(), (usize, Violation)> {

@@ -99,6 +99,21 @@ pub const MAX_START_HOLD_90K: i64 = 2 * 90_000;
 pub const MAX_START_HOLD_NS: u64 = 2_000_000_000;
 /// And in frames (120 fps for 2 s).
 pub const MAX_START_HOLD_FRAMES: usize = 240;
+/// And in bytes (2 s at 128 Mbit/s): frames can be large, the count alone does not bound memory.
+pub const MAX_START_HOLD_BYTES: usize = 32 << 20;
+
+/// What a [`MediaCore`] holds in memory right now (see [`MediaCore::buffered`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buffered {
+    /// Video frames held at the start (at most [`MAX_START_HOLD_FRAMES`]).
+    pub held_frames: usize,
+    /// Their AVCC bytes (under [`MAX_START_HOLD_BYTES`] plus one frame).
+    pub held_bytes: usize,
+    /// The demuxer's reassembly buffers ([`Demuxer::buffered_bytes`]).
+    pub demux_bytes: usize,
+    /// Elementary PIDs being reassembled.
+    pub relayed_pids: usize,
+}
 
 /// A repacked video frame not yet mapped to the output timeline.
 struct Held {
@@ -176,6 +191,20 @@ impl MediaCore {
         s.rtp = self.unwrapper.stats().clone();
         s.timeline = self.timeline.stats().clone();
         s
+    }
+
+    /// Memory held by the core: cheap, for bounds checks (fuzz targets, tests).
+    pub fn buffered(&self) -> Buffered {
+        Buffered {
+            held_frames: self.held.len(),
+            held_bytes: self.held_bytes(),
+            demux_bytes: self.demux.buffered_bytes(),
+            relayed_pids: self.demux.relayed_pids(),
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held.iter().map(|h| h.frame.data.len()).sum()
     }
 
     /// Pushes one UDP datagram (plain TS or RTP/TS). Frames are appended to `out`.
@@ -357,6 +386,7 @@ impl MediaCore {
             timeline::diff33(h.dts_90k, first.dts_90k as i64) > MAX_START_HOLD_90K
                 || h.rx_ns.saturating_sub(first.rx_ns) > MAX_START_HOLD_NS
                 || self.held.len() >= MAX_START_HOLD_FRAMES
+                || self.held_bytes() >= MAX_START_HOLD_BYTES
         });
         self.held.push(h);
         if !audio_pending || held_too_long {

@@ -702,3 +702,49 @@ fn duplicated_datagrams_lose_nothing() {
     assert!(st.duplicate_datagrams > 10, "{st:?}");
     assert_eq!(st.demux.cc_errors, 0, "{st:?}");
 }
+
+#[test]
+fn start_hold_is_bounded_in_bytes() {
+    // Audio announced but its config never comes; 4 MiB frames: the hold must end at
+    // MAX_START_HOLD_BYTES, long before 2 s or 240 frames.
+    let mut core = MediaCore::new();
+    core.avc = Some(AvcConfig {
+        record: Bytes::from_static(&[1, 0x64, 0, 0x1F, 0xFF, 0xE1]),
+        width: 1920,
+        height: 1080,
+        profile_idc: 100,
+        level_idc: 31,
+        frame_rate: None,
+    });
+    core.audio_pid = Some(0x101);
+    core.gate_packet = Some(0);
+    let big = Bytes::from(vec![0u8; 4 << 20]);
+    let mut out = Vec::new();
+    let mut fed = 0;
+    while !core.started && fed < 20 {
+        let i = fed;
+        let held = Held {
+            first_packet: i + 1,
+            dts_90k: i * 3_000,
+            pts_90k: i * 3_000,
+            frame: AvcFrame {
+                data: big.clone(),
+                keyframe: i == 0,
+            },
+            discontinuity: false,
+            rx_ns: i * 1_000_000,
+        };
+        core.before_start(held, &mut out);
+        fed += 1;
+        let b = core.buffered();
+        assert!(b.held_bytes <= MAX_START_HOLD_BYTES, "{i}: {b:?}");
+    }
+    // 8 frames (32 MiB) held; the 9th ends the hold.
+    assert!(core.started, "the hold never ended");
+    assert_eq!(fed, 9);
+    assert_eq!(
+        out.iter().filter(|f| f.kind == FrameKind::Video).count(),
+        9,
+        "held frames were lost"
+    );
+}

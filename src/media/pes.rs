@@ -188,6 +188,11 @@ impl PesAssembler {
         self.stream_type
     }
 
+    /// Bytes allocated for the PES in progress (capacity, not length).
+    pub fn buffered_bytes(&self) -> usize {
+        self.cur.as_ref().map_or(0, |c| c.buf.capacity())
+    }
+
     /// A packet with payload_unit_start_indicator: finishes the PES in progress (emitted if
     /// unbounded, dropped as truncated if its PES_packet_length was not reached) and starts a
     /// new one with `payload`.

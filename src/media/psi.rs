@@ -44,6 +44,11 @@ pub struct SectionAssembler {
 }
 
 impl SectionAssembler {
+    /// Bytes allocated for the section being collected.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Forgets the section being collected (after loss).
     pub fn reset(&mut self) {
         self.buf.clear();

@@ -405,6 +405,18 @@ impl Demuxer {
         &self.stats
     }
 
+    /// Bytes allocated in reassembly buffers (PAT/PMT sections and PES in progress). Bounded by
+    /// [`MAX_RELAYED_STREAMS`] PES buffers (each under 2 × [`MAX_PES_BYTES`]) plus two sections.
+    pub fn buffered_bytes(&self) -> usize {
+        let es: usize = self.es.iter().map(|e| e.pes.buffered_bytes()).sum();
+        es + self.pat.sections.buffered_bytes() + self.pmt.sections.buffered_bytes()
+    }
+
+    /// Number of elementary PIDs being reassembled (at most [`MAX_RELAYED_STREAMS`]).
+    pub fn relayed_pids(&self) -> usize {
+        self.es.len()
+    }
+
     fn push_packet(&mut self, packet: &[u8; TS_PACKET_LEN], out: &mut Vec<DemuxEvent>) {
         self.stats.packets += 1;
         let Some((header_bytes, rest)) = packet.split_first_chunk::<4>() else {

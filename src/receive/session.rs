@@ -131,6 +131,11 @@ impl Session {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// The chunk guard in front of rml_rtmp (for its memory figures).
+    pub fn guard(&self) -> &ChunkGuard {
+        &self.guard
+    }
+
     /// Whether the handshake is done (the driver uses a shorter timeout before).
     pub fn handshake_done(&self) -> bool {
         !matches!(self.phase, Phase::Handshake(_))

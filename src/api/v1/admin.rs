@@ -63,19 +63,37 @@ async fn put_policy(
     StrictJson(policy): StrictJson<Policy>,
 ) -> Result<StrictJson<Policy>, ApiError> {
     let who = actor(&p, peer);
-    if let Some(c) = policy
-        .allowed_cidrs
-        .iter()
-        .find(|c| crate::control::destination::Cidr::parse(c).is_none())
-    {
-        let e = ApiError::invalid_argument(format!(
-            "allowed_cidrs: {:?} is not a CIDR",
-            crate::control::consent::cap(c, 64)
-        ));
+    if let Err(e) = check_policy(&policy) {
         return Err(super::refuse(&v1, who, "policy.set", "", e).await);
     }
     submit(&v1, who, Command::SetPolicy(policy.clone())).await?;
     Ok(StrictJson(policy))
+}
+
+/// The edge check of a new policy: every CIDR parses.
+fn check_policy(policy: &Policy) -> Result<(), ApiError> {
+    match policy
+        .allowed_cidrs
+        .iter()
+        .find(|c| crate::control::destination::Cidr::parse(c).is_none())
+    {
+        Some(c) => Err(ApiError::invalid_argument(format!(
+            "allowed_cidrs: {:?} is not a CIDR",
+            crate::control::consent::cap(c, 64)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Decodes the admin bodies (see [`super::decode_body`]).
+pub(super) fn decode(kind: super::BodyKind, bytes: &[u8]) -> Result<(), ApiError> {
+    use crate::api::json::decode;
+    match kind {
+        super::BodyKind::Entitlement => decode::<Entitlement>(bytes).map(drop),
+        super::BodyKind::Policy => check_policy(&decode::<Policy>(bytes)?),
+        super::BodyKind::NewSubscriber => decode::<NewSubscriber>(bytes).map(drop),
+        _ => decode::<NewToken>(bytes).map(drop),
+    }
 }
 
 #[derive(Deserialize)]

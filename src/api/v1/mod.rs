@@ -61,6 +61,47 @@ impl TokenResolver for ControlTokens {
     }
 }
 
+/// The JSON request bodies of the v1 API, for [`decode_body`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    NewSession,
+    Confirm,
+    Profile,
+    Entitlement,
+    Policy,
+    NewSubscriber,
+    NewToken,
+}
+
+impl BodyKind {
+    pub const ALL: [BodyKind; 7] = [
+        BodyKind::NewSession,
+        BodyKind::Confirm,
+        BodyKind::Profile,
+        BodyKind::Entitlement,
+        BodyKind::Policy,
+        BodyKind::NewSubscriber,
+        BodyKind::NewToken,
+    ];
+}
+
+/// Decodes a request body as its handler does, with the edge checks that need no state: the
+/// session source and schedule (against `allowed_sources`), the profile key and URL (against
+/// `policy`), the policy's CIDRs. Nothing reaches the supervisor or the store. The fuzz target
+/// `api_decode` drives this.
+pub fn decode_body(
+    kind: BodyKind,
+    body: &[u8],
+    allowed_sources: &[crate::control::destination::Cidr],
+    policy: &crate::control::model::Policy,
+) -> Result<(), ApiError> {
+    match kind {
+        BodyKind::NewSession | BodyKind::Confirm => sessions::decode(kind, body, allowed_sources),
+        BodyKind::Profile => profiles::decode(body, policy),
+        _ => admin::decode(kind, body),
+    }
+}
+
 /// The actor of a request, for the state machine and the audit log.
 pub fn actor(p: &Principal, peer: Option<Extension<PeerAddr>>) -> Actor {
     Actor {
@@ -127,5 +168,51 @@ pub fn may_see(p: &Principal, owner: &str) -> bool {
         ApiRole::Admin => true,
         ApiRole::Subscriber => p.subscriber_id.as_deref() == Some(owner),
         ApiRole::Fabric => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
+mod decode_tests {
+    use super::*;
+    use crate::control::destination::Cidr;
+    use crate::control::model::Policy;
+
+    fn status(kind: BodyKind, body: &[u8]) -> Option<u16> {
+        let allowed: Vec<Cidr> = Cidr::parse("127.0.0.0/8").into_iter().collect();
+        decode_body(kind, body, &allowed, &Policy::default())
+            .err()
+            .map(|e| e.status().as_u16())
+    }
+
+    /// `decode_body` (the fuzz target `api_decode`) runs the handlers' edge checks.
+    #[test]
+    fn decode_body_runs_the_edge_checks() {
+        let s = br#"{"profile_id":"p","meeting_id":"m","source":"udp://127.0.0.1:5000"}"#;
+        assert_eq!(status(BodyKind::NewSession, s), None);
+        let s = br#"{"profile_id":"p","meeting_id":"m","source":"udp://10.0.0.1:5000"}"#;
+        assert_eq!(status(BodyKind::NewSession, s), Some(403));
+        let s =
+            br#"{"profile_id":"p","meeting_id":"m","source":"udp://127.0.0.1:1","stop_at_ms":1}"#;
+        assert_eq!(status(BodyKind::NewSession, s), Some(400));
+        let p = br#"{"name":"x","service":"youtube","url":"rtmps://a.rtmps.youtube.com/live2","stream_key":"abcd-1234"}"#;
+        assert_eq!(status(BodyKind::Profile, p), None);
+        let p = br#"{"name":"x","service":"custom","url":"rtmps://evil.example/live","stream_key":"abcd-1234"}"#;
+        assert_eq!(status(BodyKind::Profile, p), Some(400));
+        assert_eq!(
+            status(BodyKind::Policy, br#"{"allowed_cidrs":["nope"]}"#),
+            Some(400)
+        );
+        for kind in BodyKind::ALL {
+            assert_eq!(status(kind, b"["), Some(400), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_inside_the_url_is_refused_without_repeating_it() {
+        let body = br#"{"name":"x","service":"youtube","url":"rtmps://a.rtmps.youtube.com/live2/abcd1234x","stream_key":"abcd1234x"}"#;
+        let e = decode_body(BodyKind::Profile, body, &[], &Policy::default()).unwrap_err();
+        assert_eq!(e.status().as_u16(), 400);
+        assert!(!e.message().contains("abcd1234x"), "{}", e.message());
     }
 }

@@ -10,7 +10,7 @@ use super::{READERS, V1, actor, may_see, submit};
 use crate::api::auth::PeerAddr;
 use crate::api::{ApiError, Principal, Routes, StrictJson, require};
 use crate::control::consent::{Command, ProfileSpec};
-use crate::control::model::{Profile, Service};
+use crate::control::model::{Policy, Profile, Service};
 use crate::secret::Secret;
 
 pub fn routes() -> Routes<V1> {
@@ -85,20 +85,40 @@ fn check_key(key: &Secret) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks the body's key format; refuses a URL holding the key.
+fn check_body(body: &ProfileBody) -> Result<(), ApiError> {
+    if let Some(k) = &body.stream_key {
+        check_key(k)?;
+        if body
+            .url
+            .as_deref()
+            .is_some_and(|u| k.expose().len() >= 4 && u.contains(k.expose()))
+        {
+            return Err(ApiError::invalid_argument(
+                "the URL contains the stream key: give the URL without it, and the key in stream_key",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a profile body and runs the checks that need no store: the key, and the URL against
+/// `policy` (see [`super::decode_body`]).
+pub(super) fn decode(bytes: &[u8], policy: &Policy) -> Result<(), ApiError> {
+    let body: ProfileBody = crate::api::json::decode(bytes)?;
+    check_body(&body)?;
+    if let Some(url) = &body.url {
+        crate::control::destination::validate(policy, body.service, url)
+            .map_err(ApiError::invalid_argument)?;
+    }
+    Ok(())
+}
+
 /// Validates and seals the body's key; refuses a URL holding the key.
 fn spec(v1: &V1, body: ProfileBody) -> Result<ProfileSpec, ApiError> {
+    check_body(&body)?;
     let sealed = match &body.stream_key {
         Some(k) => {
-            check_key(k)?;
-            if body
-                .url
-                .as_deref()
-                .is_some_and(|u| k.expose().len() >= 4 && u.contains(k.expose()))
-            {
-                return Err(ApiError::invalid_argument(
-                    "the URL contains the stream key: give the URL without it, and the key in stream_key",
-                ));
-            }
             let store = v1.control.store();
             let sealed = store
                 .lock()

@@ -9,6 +9,7 @@ use super::{READERS, V1, actor, may_see, submit};
 use crate::api::auth::PeerAddr;
 use crate::api::{ApiError, Principal, Role as ApiRole, Routes, StrictJson, require};
 use crate::control::consent::Command;
+use crate::control::destination::Cidr;
 use crate::control::model::{Schedule, Session, SessionState};
 use crate::control::supervisor::SessionStats;
 
@@ -157,15 +158,33 @@ async fn create(
     }
 }
 
-/// The edge checks of a new session (source format, allowed sources, schedule).
 fn checked_create(v1: &V1, body: NewSession) -> Result<Command, ApiError> {
+    session_command(&v1.allowed_sources, body)
+}
+
+/// Decodes the bodies of `POST /v1/sessions` and `…/confirm` (see [`super::decode_body`]).
+pub(super) fn decode(
+    kind: super::BodyKind,
+    bytes: &[u8],
+    allowed: &[Cidr],
+) -> Result<(), ApiError> {
+    match kind {
+        super::BodyKind::NewSession => {
+            session_command(allowed, crate::api::json::decode(bytes)?).map(drop)
+        }
+        _ => crate::api::json::decode::<ConfirmBody>(bytes).map(drop),
+    }
+}
+
+/// The edge checks of a new session (source format, allowed sources, schedule).
+fn session_command(allowed: &[Cidr], body: NewSession) -> Result<Command, ApiError> {
     let ingest = crate::control::destination::parse_source(&body.source)
         .map_err(|e| ApiError::invalid_argument(e.message()))?;
     let ip = match ingest.multicast {
         Some((group, _)) => std::net::IpAddr::V4(group),
         None => ingest.bind.ip(),
     };
-    if !v1.allowed_sources.iter().any(|c| c.contains(ip)) {
+    if !allowed.iter().any(|c| c.contains(ip)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "policy",
