@@ -16,7 +16,7 @@ faults_describe() {
     source_restart) echo "fabric source restarts: new encoder, new PIDs/PMT/program, timestamps jump back 6 s" ;;
     ingest_killed_restarted) echo "ingest (nginx) killed, back 2 s later (tests/relay.rs)" ;;
     ingest_stalled) echo "ingest accepts TCP but never answers for the first 4 s, then answers (1 s timeouts; a 2nd destination stays stalled)" ;;
-    slow_reader) echo "ingest reads 2 KB/s through an 8 KiB window for 6 s (queue 128 KiB, sndbuf 32 KiB)" ;;
+    slow_reader) echo "ingest reads 2 KB/s through an 8 KiB window for 6 s (queue 128 KiB, default egress options: TCP_NOTSENT_LOWAT 128 KiB)" ;;
     tls_cert_rotated) echo "RTMPS ingest restarts at 4 s with a certificate from another CA (the stream ends there: lost = the rest of the feed)" ;;
     *) echo "$1" ;;
   esac
