@@ -142,7 +142,7 @@ fn shared_receiver() -> Result<Arc<uring::Shared>> {
     let mut g = SHARED
         .lock()
         .map_err(|_| crate::err!(Internal, "ingest: receiver lock poisoned"))?;
-    if let Some(s) = g.as_ref() {
+    if let Some(s) = g.as_ref().filter(|s| s.is_alive()) {
         return Ok(s.clone());
     }
     let s = Arc::new(uring::Shared::start()?);

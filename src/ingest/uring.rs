@@ -23,7 +23,7 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use io_uring::types::{BufRingEntry, RecvMsgOut, SubmitArgs, Timespec};
@@ -42,12 +42,16 @@ const BGID: u16 = 0x0A1;
 const RING_ENTRIES: u16 = 16384;
 /// Buffers are allocated in chunks of this many (132 KB), as sockets join.
 const CHUNK: usize = 64;
-/// Completion queue: at least one slot per buffer (each datagram completion holds one).
-const CQ_ENTRIES: u32 = RING_ENTRIES as u32;
+/// Completion queue: twice the buffer count. Each datagram completion holds a buffer, but
+/// completions without one come on top (a multishot ended by ENOBUFS, cancels, the wake-up
+/// read); the kernel ends every multishot that posts while the queue overflows.
+const CQ_ENTRIES: u32 = 2 * RING_ENTRIES as u32;
 const SQ_ENTRIES: u32 = 256;
 /// How long a wait collects completions before returning with what it has (default; the
 /// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks).
 pub const BATCH_WAIT_US: u32 = 500;
+/// Longest a removal waits for the socket's final completion.
+const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn env_num(name: &str) -> Option<i64> {
     std::env::var(name).ok()?.trim().parse().ok()
@@ -255,6 +259,18 @@ pub(super) struct Shared {
     cmds: mpsc::SyncSender<Cmd>,
     wake: File,
     pub stats: Arc<SharedStats>,
+    /// Cleared when the receiver thread ends, however it ends (a panicking sink in an
+    /// unwinding build): the next ingest start then launches a new receiver.
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears the flag when dropped, i.e. when the receiver thread's closure ends or unwinds.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -268,20 +284,30 @@ impl Shared {
             .map_err(|e| crate::err!(Io, "eventfd clone: {e}"))?;
         let stats = Arc::new(SharedStats::default());
         let st = stats.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         std::thread::Builder::new()
             .name("onair-ingest-uring".into())
-            .spawn(move || match Receiver::setup(OwnedFd::from(wake_rd), st) {
-                Ok(mut r) => {
-                    let _ = ready_tx.send(Ok(()));
-                    r.run(&rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            .spawn(move || {
+                let _guard = guard;
+                match Receiver::setup(OwnedFd::from(wake_rd), st) {
+                    Ok(mut r) => {
+                        let _ = ready_tx.send(Ok(()));
+                        r.run(&rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| crate::err!(Io, "ingest: cannot start thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Shared { cmds, wake, stats }),
+            Ok(Ok(())) => Ok(Shared {
+                cmds,
+                wake,
+                stats,
+                alive,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(crate::err!(
                 Internal,
@@ -292,6 +318,11 @@ impl Shared {
 
     fn wake(&self) {
         let _ = (&self.wake).write(&1u64.to_ne_bytes());
+    }
+
+    /// Whether the receiver thread still runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Adds a socket; its multishot is armed before the thread next waits. On failure the
@@ -317,7 +348,14 @@ impl Shared {
         let (tx, rx) = mpsc::sync_channel(1);
         if self.cmds.send(Cmd::Remove(id, tx)).is_ok() {
             self.wake();
-            let _ = rx.recv();
+            // The final completion normally comes within a wait (≤ 100 ms); never hang the
+            // caller (a relay being stopped) on a receive the kernel did not end.
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REMOVE_TIMEOUT) {
+                tracing::error!(
+                    "io_uring ingest: a socket's receive was not ended within {REMOVE_TIMEOUT:?}; \
+                     its relay stops without it"
+                );
+            }
         }
     }
 }
@@ -379,6 +417,8 @@ struct Receiver {
     batch_us: u32,
     /// The last wait returned more than one completion: the next one batches.
     busy: bool,
+    /// Consecutive failed waits (logged at powers of two).
+    wait_failures: u64,
     last_tick_ns: u64,
     stats: Arc<SharedStats>,
     /// The buffer ring is registered with the kernel.
@@ -391,17 +431,15 @@ fn uring_err(what: &str, e: &std::io::Error) -> Error {
 
 fn build_ring() -> std::io::Result<IoUring> {
     // Deferred task running: completions are produced when this (only) thread waits, which
-    // is what lets a wait gather a batch without being woken for each datagram (kernel 6.1).
+    // is what lets a wait gather a batch without being woken for each datagram. It needs
+    // kernel 6.1, which is also the first with everything else used here (multishot recvmsg
+    // came in 6.0, buffer rings in 5.19): an older kernel refuses the ring and the ingest
+    // falls back to plain sockets, rather than arming receives it may not understand.
     IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(SQ_ENTRIES)
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_cqsize(CQ_ENTRIES)
-                .build(SQ_ENTRIES)
-        })
 }
 
 impl Receiver {
@@ -431,6 +469,7 @@ impl Receiver {
                 .and_then(|v| u32::try_from(v.clamp(0, 5000)).ok())
                 .unwrap_or(BATCH_WAIT_US),
             busy: false,
+            wait_failures: 0,
             last_tick_ns: 0,
             stats,
             registered: false,
@@ -526,7 +565,12 @@ impl Receiver {
     /// passed at least one (older kernels: whatever came within the batch wait); otherwise for
     /// the next completion. At most `IDLE_TICK_NS` without any.
     fn wait(&mut self) {
-        let idle = Timespec::new().nsec(IDLE_TICK_NS as u32);
+        // Up to the next idle tick (not a full tick from now: wake-ups that bring nothing
+        // must not push the tick, and with it the idle flush, back).
+        let to_tick = (self.last_tick_ns + IDLE_TICK_NS)
+            .saturating_sub(monotonic_ns())
+            .clamp(1_000_000, IDLE_TICK_NS);
+        let idle = Timespec::new().nsec(to_tick as u32);
         let batch = Timespec::new().nsec(self.batch_us * 1000);
         let submitter = self.ring.submitter();
         let r = if self.slots.iter().all(Option::is_none) {
@@ -542,14 +586,18 @@ impl Receiver {
             submitter.submit_with_args(BATCH_WANT, &SubmitArgs::new().timespec(&batch))
         };
         match r {
-            Ok(_) => {}
+            Ok(_) => self.wait_failures = 0,
             Err(e)
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY)
                 ) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "ingest: io_uring wait failed");
+                // Rate-limited: a wait that keeps failing would otherwise log 100 times a second.
+                self.wait_failures += 1;
+                if self.wait_failures.is_power_of_two() {
+                    tracing::error!(error = %e, failures = self.wait_failures, "ingest: io_uring wait failed");
+                }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
@@ -668,6 +716,17 @@ impl Receiver {
                 continue;
             }
             if ud & CANCEL_FLAG != 0 {
+                // ENOENT/EALREADY: the receive already ended or is ending, its final
+                // completion comes on its own. Any other failure: send the cancel again.
+                let res = cqe.result();
+                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
+                    let id = ud & !CANCEL_FLAG;
+                    if let Some(Some(s)) = self.slots.get_mut((id & 0xffff_ffff) as usize)
+                        && s.id == id
+                    {
+                        s.cancel_sent = false;
+                    }
+                }
                 continue;
             }
             let idx = (ud & 0xffff_ffff) as usize;
@@ -854,6 +913,11 @@ impl Drop for Receiver {
         if !settled {
             tracing::error!("io_uring receiver: receives not confirmed cancelled; leaking buffers");
             self.bufs.leaked = true;
+            // Answer removals in progress (their callers see the receiver gone) before the
+            // slots are leaked with their sockets.
+            for s in self.slots.iter_mut().flatten() {
+                drop(s.removing.take());
+            }
             std::mem::forget(std::mem::take(&mut self.slots));
             // SAFETY: an all-zero msghdr is valid; the old one is leaked, never freed.
             let old = std::mem::replace(&mut self.msghdr, Box::new(unsafe { std::mem::zeroed() }));
