@@ -47,7 +47,10 @@ fn a_dead_shared_receiver_is_replaced_on_the_next_start() {
     assert_eq!(h.backend(), Backend::Uring);
     let deadline = Instant::now() + Duration::from_secs(10);
     while *c.0.lock().expect("lock") == 0 {
-        assert!(Instant::now() < deadline, "the new receiver delivered nothing");
+        assert!(
+            Instant::now() < deadline,
+            "the new receiver delivered nothing"
+        );
         tx.send_to(&[0x47; 188], h.local_addr()).expect("send");
         std::thread::sleep(Duration::from_millis(20));
     }
