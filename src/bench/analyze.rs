@@ -120,7 +120,8 @@ pub const MATCH_TOLERANCE_MS: i64 = 12;
 const CAUSALITY_SLACK_NS: i128 = 5_000_000;
 
 /// The source keyframe the first received keyframe is: among the keyframes sent before it
-/// was received, the latest one under which no received frame would have arrived before it
+/// was received (within [`CAUSALITY_SLACK_NS`]: a relay that starts at a keyframe may deliver
+/// it before the sender took its stamp, and the keyframe before would then be picked), the latest one under which no received frame would have arrived before it
 /// was sent (a relay that buffers seconds at start, like FFmpeg probing its input, then
 /// drains its backlog, rules out the later candidates once it has caught up). Falls back to
 /// the candidate with the fewest such violations.
@@ -141,7 +142,11 @@ fn pick_anchor(sent: &[Sent], rx: &[Received], first_key: &Received) -> Option<u
     };
     sent.iter()
         .enumerate()
-        .filter(|(_, s)| s.key && s.last_packet_ns <= first_key.recv_ns)
+        .filter(|(_, s)| {
+            s.key
+                && i128::from(s.last_packet_ns)
+                    <= i128::from(first_key.recv_ns) + CAUSALITY_SLACK_NS
+        })
         .map(|(i, _)| i)
         .rev()
         .min_by_key(|&i| violations(i))
@@ -326,5 +331,22 @@ mod tests {
         assert_eq!(f.excess_ns, 3 * MS as i64);
         // A gate after the last keyframe began: nothing to measure.
         assert_eq!(first_frame(&frames, 2001 * MS, 2100 * MS), None);
+    }
+    #[test]
+    fn a_first_keyframe_stamped_before_its_send_is_still_the_anchor() {
+        // Delivery starts at keyframe 20 (a relay gated after keyframe 10), and every frame
+        // is stamped received 1 ms before the sender's stamp (taken after sendmmsg).
+        let s = sent(60);
+        let rx: Vec<Received> = received(&s, 20, &[])
+            .into_iter()
+            .map(|m| Received {
+                recv_ns: m.recv_ns - 6 * MS,
+                ..m
+            })
+            .collect();
+        let r = analyze(&s, &rx, 0, u64::MAX);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.dts_gaps, 0);
+        assert_eq!(r.received, 40);
     }
 }
