@@ -139,12 +139,23 @@ run_one() {
   local sport; sport=$(cat "$dir/ready")
   local url="rtmp://127.0.0.1:$sport/live" tls_args=() tunnel=()
   if [ $tls -eq 1 ]; then
-    local tport=$((40000 + RANDOM % 20000))
-    printf 'foreground = yes\npid =\noutput = %s/stunnel.log\n[rtmps]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s/server.pem\nkey = %s/server.key\n' \
-      "$PWD/$dir" "$tport" "$sport" "$PWD/$ca" "$PWD/$ca" > "$dir/stunnel.conf"
-    stunnel4 "$dir/stunnel.conf" > /dev/null 2>&1 &
-    tunnel=($!)
-    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$tport") 2>/dev/null && break; sleep 0.1; done
+    # A random port may be taken: up to 3 tries, each until stunnel accepts (≤ 5 s).
+    local tport try up=0
+    for try in 1 2 3; do
+      tport=$((40000 + RANDOM % 20000))
+      printf 'foreground = yes\npid =\noutput = %s/stunnel.log\n[rtmps]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s/server.pem\nkey = %s/server.key\n' \
+        "$PWD/$dir" "$tport" "$sport" "$PWD/$ca" "$PWD/$ca" > "$dir/stunnel.conf"
+      stunnel4 "$dir/stunnel.conf" > "$dir/stunnel.out" 2>&1 &
+      tunnel=($!)
+      for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$tport") 2>/dev/null && { up=1; break; }
+        kill -0 "${tunnel[0]}" 2>/dev/null || break
+        sleep 0.1
+      done
+      [ $up -eq 1 ] && break
+      stop_pids "${tunnel[@]}"; tunnel=()
+      echo "stunnel did not start (try $try, see $dir/stunnel.out)" >&2
+    done
     url="rtmps://127.0.0.1:$tport/live"; tls_args=(--ca "$ca/ca.pem")
   fi
   # Confirm → first frame: relay i's gate falls 3–5 s after the relays start (every stream
