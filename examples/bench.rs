@@ -7,13 +7,14 @@
 //!   the measuring sink + the paced K-stream sender; prints one JSON line of figures (and a
 //!   summary on stderr); with `--require-delivery`, fails unless every stream delivered.
 //! `bench relays --streams K --udp-base P --url rtmp(s)://127.0.0.1:S/live [--socket] [--seconds N]
-//!  [--ca CA.pem] [--gate-delay-ms D --gate-spread-ms S] [--gates-file G]`
+//!  [--ca CA.pem] [--gate-delay-ms D --gate-spread-ms S] [--gates-file G] [--start-at-gate]`
 //!   K onair relays in this one process (stream i: UDP P+i → `<url>/bench-i`), the way
 //!   `onair run` hosts them (tokio, 2 workers); runs until killed or N seconds passed, then
 //!   prints one JSON line per relay of its counters on stderr, and exits.
 //!   `--ca`: the CA bundle of an `rtmps://` URL. Relay i's consent gate is D ms after start plus
 //!   a fixed scramble of i in [0, S) ms; `--gates-file` gets them (`<i> <CLOCK_MONOTONIC ns>`)
-//!   for `bench load --gates-file`, which measures confirm → first frame.
+//!   for `bench load --gates-file`, which measures confirm → first frame. `--start-at-gate`:
+//!   each relay is started at its gate (as after a confirm), not at once and gated.
 //!   The stream keys are the public names `bench-<i>` the sink expects: not secrets.
 
 use std::path::PathBuf;
@@ -111,6 +112,7 @@ fn relays(args: &[String]) -> Res<()> {
     let gate_delay = Duration::from_millis(num(args, "--gate-delay-ms", 0u64)?);
     let gate_spread_ms: u64 = num(args, "--gate-spread-ms", 0)?;
     let gates_file = arg(args, "--gates-file");
+    let start_at_gate = args.iter().any(|a| a == "--start-at-gate");
     if base == 0 {
         return Err("--udp-base is required".into());
     }
@@ -137,8 +139,20 @@ fn relays(args: &[String]) -> Res<()> {
             let tmp = format!("{path}.tmp");
             std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))?;
         }
+        // `--start-at-gate`: each relay starts (binds, connects its egress) at its gate, as the
+        // supervisor starts one at confirm; otherwise all start now and wait for their gate.
+        let mut order: Vec<usize> = (0..k).collect();
+        if start_at_gate {
+            order.sort_by_key(|&i| gate(i));
+        }
         let mut relays = Vec::with_capacity(k);
-        for i in 0..k {
+        for i in order {
+            if start_at_gate {
+                let now = monotonic_ns();
+                if gate(i) > now {
+                    tokio::time::sleep(Duration::from_nanos(gate(i) - now)).await;
+                }
+            }
             let port = u16::try_from(usize::from(base) + i)?;
             let mut cfg = IngestConfig::unicast(([127, 0, 0, 1], port).into());
             if socket {
@@ -155,19 +169,17 @@ fn relays(args: &[String]) -> Res<()> {
                 },
                 addr_policy: None,
             };
-            relays.push(Relay::start(
-                &cfg,
-                vec![(dest, EgressOptions::default())],
-                gate(i),
-            )?);
+            let relay = Relay::start(&cfg, vec![(dest, EgressOptions::default())], gate(i))?;
+            relays.push((i, relay));
         }
+        relays.sort_by_key(|(i, _)| *i);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        for (i, r) in relays.iter().enumerate() {
+        for (i, r) in &relays {
             let core = r.core_stats();
             let e = r.egress_stats();
             let out = e.first();

@@ -11,6 +11,9 @@
 #               GStreamer's rtmp2sink runs with tls-validation-flags=0 (no verification).
 #               Labels get " rtmps" (e.g. "onair rtmps"), ratios are to "ffmpeg rtmps".
 #   --results:  append to this results file (a matrix over several invocations, one table)
+#   --start-at-gate: onair relays are started at their consent gate (as the supervisor starts
+#               one at confirm: ingest bound, egress connecting then) instead of all at once
+#               and gated; labels get "@gate" (e.g. "onair@gate")
 #   --base-bin: an older build of examples/bench, run as the tool `onair-base` (A/B of a change
 #               in one run, e.g. --tools "onair-base onair")
 #   scripts/bench.sh --smoke     # CI: K=1, onair only, the bundled clip, a few seconds;
@@ -24,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base_bin=; tls=0; results=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
+base_bin=; tls=0; at_gate=0; results=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --no-doc) doc=0 ;;
     --base-bin) base_bin=$2; shift ;;
     --tls) tls=1 ;;
+    --start-at-gate) at_gate=1 ;;
     --results) results=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -126,7 +130,9 @@ fi
 # One measured run: prints nothing, appends a JSON line to $results.
 run_one() {
   local tool=$1 k=$2 rep=$3
-  local label=$tool; [ $tls -eq 1 ] && label="$tool rtmps"
+  local label=$tool
+  [ $at_gate -eq 1 ] && label="$label@gate"
+  [ $tls -eq 1 ] && label="$label rtmps"
   local dir=$work/run/${label// /-}-k$k-r$rep
   rm -rf "$dir"; mkdir -p "$dir"
   local base=$((20000 + RANDOM % 20000))
@@ -162,6 +168,7 @@ run_one() {
   # is flowing by then), anywhere in a GOP; smoke: gates at start.
   local gate_args=(--gates-file "$dir/gates")
   [ $smoke -eq 1 ] || gate_args+=(--gate-delay-ms 3000 --gate-spread-ms 2000)
+  [ $at_gate -eq 1 ] && gate_args+=(--start-at-gate)
   local pids=() i
   case "$tool" in
     onair|onair-socket|onair-base)
@@ -207,7 +214,7 @@ echo "==> $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); K = $ks; tools:
 for ((r = 1; r <= reps; r++)); do
   for k in $ks; do
     for tool in $tools; do
-      printf '  run %d  K=%-3s %-12s' "$r" "$k" "$tool$([ $tls -eq 1 ] && echo ' rtmps')"
+      printf '  run %d  K=%-3s %-12s' "$r" "$k" "$tool$([ $at_gate -eq 1 ] && echo '@gate')$([ $tls -eq 1 ] && echo ' rtmps')"
       if [ $smoke -eq 1 ]; then
         echo
         rc=0; run_one "$tool" "$k" "$r" || rc=$?
