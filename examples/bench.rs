@@ -2,20 +2,27 @@
 //! binary, which never streams without consent.
 //!
 //! `bench load --file F.ts --label L --streams K --udp-base P --ready-file R --pids-file PF
-//!  [--sink-port 0] [--stagger-ms 2000] [--warmup-s 6] [--measure-s 15] [--require-delivery]`
+//!  [--sink-port 0] [--stagger-ms 2000] [--warmup-s 6] [--measure-s 15] [--require-delivery]
+//!  [--gates-file G]`
 //!   the measuring sink + the paced K-stream sender; prints one JSON line of figures (and a
 //!   summary on stderr); with `--require-delivery`, fails unless every stream delivered.
-//! `bench relays --streams K --udp-base P --url rtmp://127.0.0.1:S/live [--socket] [--seconds N]`
+//! `bench relays --streams K --udp-base P --url rtmp(s)://127.0.0.1:S/live [--socket] [--seconds N]
+//!  [--ca CA.pem] [--gate-delay-ms D --gate-spread-ms S] [--gates-file G] [--start-at-gate]`
 //!   K onair relays in this one process (stream i: UDP P+i → `<url>/bench-i`), the way
 //!   `onair run` hosts them (tokio, 2 workers); runs until killed or N seconds passed, then
 //!   prints one JSON line per relay of its counters on stderr, and exits.
+//!   `--ca`: the CA bundle of an `rtmps://` URL. Relay i's consent gate is D ms after start plus
+//!   a fixed scramble of i in [0, S) ms; `--gates-file` gets them (`<i> <CLOCK_MONOTONIC ns>`)
+//!   for `bench load --gates-file`, which measures confirm → first frame. `--start-at-gate`:
+//!   each relay is started at its gate (as after a confirm), not at once and gated.
 //!   The stream keys are the public names `bench-<i>` the sink expects: not secrets.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use onair::bench::{LoadOptions, run_load, sink::stream_name};
+use onair::bench::{LoadOptions, run_load, sink::stream_name, system_monotonic_offset_ns};
+use onair::clock::monotonic_ns;
 use onair::egress::{Destination, EgressOptions, RtmpUrl, TlsOptions};
 use onair::ingest::{IngestConfig, IngestMode};
 use onair::relay::Relay;
@@ -68,6 +75,7 @@ fn load(args: &[String]) -> Res<()> {
         stagger: Duration::from_millis(num(args, "--stagger-ms", 2000u64)?),
         warmup: Duration::from_secs_f64(num(args, "--warmup-s", 6.0f64)?),
         measure: Duration::from_secs_f64(num(args, "--measure-s", 15.0f64)?),
+        gates_file: arg(args, "--gates-file").map(PathBuf::from),
     };
     if opts.udp_base == 0 {
         return Err("--udp-base is required".into());
@@ -97,6 +105,14 @@ fn relays(args: &[String]) -> Res<()> {
     let seconds: u64 = num(args, "--seconds", 3600)?;
     let url = arg(args, "--url").ok_or("--url rtmp://…/app is required")?;
     let socket = args.iter().any(|a| a == "--socket");
+    let ca_bundle_pem = match arg(args, "--ca") {
+        Some(p) => Some(std::fs::read(&p).map_err(|e| format!("--ca {p}: {e}"))?),
+        None => None,
+    };
+    let gate_delay = Duration::from_millis(num(args, "--gate-delay-ms", 0u64)?);
+    let gate_spread_ms: u64 = num(args, "--gate-spread-ms", 0)?;
+    let gates_file = arg(args, "--gates-file");
+    let start_at_gate = args.iter().any(|a| a == "--start-at-gate");
     if base == 0 {
         return Err("--udp-base is required".into());
     }
@@ -105,8 +121,38 @@ fn relays(args: &[String]) -> Res<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Relay i's consent gate: `--gate-delay-ms` after now, plus a spread over
+        // `--gate-spread-ms` (a fixed scramble of i, so gates fall anywhere in a GOP).
+        let t0 = monotonic_ns();
+        let gate = |i: usize| {
+            let spread = match gate_spread_ms {
+                0 => 0,
+                s => (i as u64).wrapping_mul(2_654_435_761) % s,
+            };
+            t0 + u64::try_from(gate_delay.as_nanos()).unwrap_or(0) + spread * 1_000_000
+        };
+        if let Some(path) = &gates_file {
+            let offset = system_monotonic_offset_ns();
+            let text: String = (0..k)
+                .map(|i| format!("{i} {}\n", i64::try_from(gate(i)).unwrap_or(i64::MAX) + offset))
+                .collect();
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))?;
+        }
+        // `--start-at-gate`: each relay starts (binds, connects its egress) at its gate, as the
+        // supervisor starts one at confirm; otherwise all start now and wait for their gate.
+        let mut order: Vec<usize> = (0..k).collect();
+        if start_at_gate {
+            order.sort_by_key(|&i| gate(i));
+        }
         let mut relays = Vec::with_capacity(k);
-        for i in 0..k {
+        for i in order {
+            if start_at_gate {
+                let now = monotonic_ns();
+                if gate(i) > now {
+                    tokio::time::sleep(Duration::from_nanos(gate(i) - now)).await;
+                }
+            }
             let port = u16::try_from(usize::from(base) + i)?;
             let mut cfg = IngestConfig::unicast(([127, 0, 0, 1], port).into());
             if socket {
@@ -118,24 +164,22 @@ fn relays(args: &[String]) -> Res<()> {
                 url,
                 stream_key: Secret::new(stream_name(i)),
                 tls: TlsOptions {
-                    ca_bundle_pem: None,
+                    ca_bundle_pem: ca_bundle_pem.clone(),
                     spki_sha256: None,
                 },
                 addr_policy: None,
             };
-            relays.push(Relay::start(
-                &cfg,
-                vec![(dest, EgressOptions::default())],
-                0,
-            )?);
+            let relay = Relay::start(&cfg, vec![(dest, EgressOptions::default())], gate(i))?;
+            relays.push((i, relay));
         }
+        relays.sort_by_key(|(i, _)| *i);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        for (i, r) in relays.iter().enumerate() {
+        for (i, r) in &relays {
             let core = r.core_stats();
             let e = r.egress_stats();
             let out = e.first();

@@ -4,7 +4,16 @@
 # on 127.0.0.1, K streams at a time, repetitions interleaved. See docs/performance.md.
 #
 #   scripts/bench.sh [--k "1 16"] [--reps 2] [--tools "onair ffmpeg gst"] [--measure-s 15]
-#                    [--warmup-s 8] [--no-doc] [--base-bin PATH]
+#                    [--warmup-s 8] [--no-doc] [--base-bin PATH] [--tls] [--results FILE]
+#   --tls:      every tool publishes rtmps:// to stunnel4 (test CA made with openssl) in front of
+#               the sink; stunnel's CPU is not counted (it plays the ingest's TLS end). onair
+#               verifies with the test CA as its CA bundle; FFmpeg does not verify (its default);
+#               GStreamer's rtmp2sink runs with tls-validation-flags=0 (no verification).
+#               Labels get " rtmps" (e.g. "onair rtmps"), ratios are to "ffmpeg rtmps".
+#   --results:  append to this results file (a matrix over several invocations, one table)
+#   --start-at-gate: onair relays are started at their consent gate (as the supervisor starts
+#               one at confirm: ingest bound, egress connecting then) instead of all at once
+#               and gated; labels get "@gate" (e.g. "onair@gate")
 #   --base-bin: an older build of examples/bench, run as the tool `onair-base` (A/B of a change
 #               in one run, e.g. --tools "onair-base onair")
 #   scripts/bench.sh --smoke     # CI: K=1, onair only, the bundled clip, a few seconds;
@@ -18,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base_bin=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
+base_bin=; tls=0; at_gate=0; results=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -29,6 +38,9 @@ while [ $# -gt 0 ]; do
     --warmup-s) warmup=$2; shift ;;
     --no-doc) doc=0 ;;
     --base-bin) base_bin=$2; shift ;;
+    --tls) tls=1 ;;
+    --start-at-gate) at_gate=1 ;;
+    --results) results=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -70,6 +82,8 @@ else
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
   command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)
   command -v gst-launch-1.0 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-tools)
+  [ $tls -eq 1 ] && ! command -v stunnel4 >/dev/null 2>&1 && pkgs+=(stunnel4)
+  [ $tls -eq 1 ] && ! command -v openssl >/dev/null 2>&1 && pkgs+=(openssl)
   for p in gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly; do
     dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p")
   done
@@ -93,21 +107,68 @@ else
   bench=target/release/examples/bench
 fi
 
-results=$work/results-$(date +%Y%m%d-%H%M%S).jsonl
-: > "$results"
+if [ -z "$results" ]; then
+  results=$work/results-$(date +%Y%m%d-%H%M%S).jsonl
+  : > "$results"
+fi
+
+# RTMPS: a test CA and a server certificate for 127.0.0.1 (as tests/common TestCa), once.
+ca=$work/tls
+if [ $tls -eq 1 ] && [ ! -s "$ca/server.pem" ]; then
+  mkdir -p "$ca"
+  ( cd "$ca"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+      -out ca.pem -days 30 -subj "/CN=onair bench test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key \
+      -out server.csr -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+      -days 30 -extfile ext.cnf ) > /dev/null 2>&1
+fi
 
 # One measured run: prints nothing, appends a JSON line to $results.
 run_one() {
   local tool=$1 k=$2 rep=$3
-  local dir=$work/run/$tool-k$k-r$rep
+  local label=$tool
+  [ $at_gate -eq 1 ] && label="$label@gate"
+  [ $tls -eq 1 ] && label="$label rtmps"
+  local dir=$work/run/${label// /-}-k$k-r$rep
   rm -rf "$dir"; mkdir -p "$dir"
   local base=$((20000 + RANDOM % 20000))
-  "$bench" load --file "$feed" --label "$tool" --streams "$k" --udp-base "$base" \
+  "$bench" load --file "$feed" --label "$label" --streams "$k" --udp-base "$base" \
     --ready-file "$dir/ready" --pids-file "$dir/pids" --stagger-ms "$stagger" \
-    --warmup-s "$warmup" --measure-s "$measure" "${require[@]}" > "$dir/result.json" 2> "$dir/load.log" &
+    --warmup-s "$warmup" --measure-s "$measure" --gates-file "$dir/gates" "${require[@]}" \
+    > "$dir/result.json" 2> "$dir/load.log" &
   local load=$!
   for _ in $(seq 100); do [ -s "$dir/ready" ] && break; sleep 0.1; done
   local sport; sport=$(cat "$dir/ready")
+  local url="rtmp://127.0.0.1:$sport/live" tls_args=() tunnel=()
+  if [ $tls -eq 1 ]; then
+    # A random port may be taken: up to 3 tries, each until stunnel accepts (≤ 5 s).
+    local tport try up=0
+    for try in 1 2 3; do
+      tport=$((40000 + RANDOM % 20000))
+      printf 'foreground = yes\npid =\noutput = %s/stunnel.log\n[rtmps]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s/server.pem\nkey = %s/server.key\n' \
+        "$PWD/$dir" "$tport" "$sport" "$PWD/$ca" "$PWD/$ca" > "$dir/stunnel.conf"
+      stunnel4 "$dir/stunnel.conf" > "$dir/stunnel.out" 2>&1 &
+      tunnel=($!)
+      for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$tport") 2>/dev/null && { up=1; break; }
+        kill -0 "${tunnel[0]}" 2>/dev/null || break
+        sleep 0.1
+      done
+      [ $up -eq 1 ] && break
+      stop_pids "${tunnel[@]}"; tunnel=()
+      echo "stunnel did not start (try $try, see $dir/stunnel.out)" >&2
+    done
+    url="rtmps://127.0.0.1:$tport/live"; tls_args=(--ca "$ca/ca.pem")
+  fi
+  # Confirm → first frame: relay i's gate falls 3–5 s after the relays start (every stream
+  # is flowing by then), anywhere in a GOP; smoke: gates at start.
+  local gate_args=(--gates-file "$dir/gates")
+  [ $smoke -eq 1 ] || gate_args+=(--gate-delay-ms 3000 --gate-spread-ms 2000)
+  [ $at_gate -eq 1 ] && gate_args+=(--start-at-gate)
   local pids=() i
   case "$tool" in
     onair|onair-socket|onair-base)
@@ -116,13 +177,13 @@ run_one() {
         [ -x "$base_bin" ] || { echo "onair-base needs --base-bin" >&2; return 1; }
         bin=$base_bin
       fi
-      "$bin" relays --streams "$k" --udp-base "$base" --url "rtmp://127.0.0.1:$sport/live" \
-        "${extra[@]}" > /dev/null 2> "$dir/relay.log" &
+      "$bin" relays --streams "$k" --udp-base "$base" --url "$url" "${tls_args[@]}" \
+        "${gate_args[@]}" "${extra[@]}" > /dev/null 2> "$dir/relay.log" &
       pids+=($!) ;;
     ffmpeg)
       for ((i = 0; i < k; i++)); do
         ffmpeg -nostdin -v error -i "udp://127.0.0.1:$((base + i))?fifo_size=50000&overrun_nonfatal=1" \
-          -map 0 -c copy -f flv "rtmp://127.0.0.1:$sport/live/bench-$i" 2> "$dir/relay-$i.log" &
+          -map 0 -c copy -f flv "$url/bench-$i" 2> "$dir/relay-$i.log" &
         pids+=($!)
       done ;;
     gst)
@@ -130,7 +191,7 @@ run_one() {
         gst-launch-1.0 -q udpsrc address=127.0.0.1 port=$((base + i)) buffer-size=4194304 \
           caps="video/mpegts,systemstream=(boolean)true,packetsize=(int)188" ! tsdemux name=d \
           d. ! queue ! h264parse ! flvmux name=m streamable=true \
-          ! rtmp2sink location="rtmp://127.0.0.1:$sport/live/bench-$i" \
+          ! rtmp2sink location="$url/bench-$i" $([ $tls -eq 1 ] && echo tls-validation-flags=0) \
           d. ! queue ! aacparse ! m. > /dev/null 2> "$dir/relay-$i.log" &
         pids+=($!)
       done ;;
@@ -140,6 +201,7 @@ run_one() {
   local rc=0
   wait "$load" || rc=$?
   stop_pids "${pids[@]}"
+  stop_pids "${tunnel[@]}"
   if [ -s "$dir/result.json" ]; then
     cat "$dir/result.json" >> "$results"
   else
@@ -152,11 +214,12 @@ echo "==> $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); K = $ks; tools:
 for ((r = 1; r <= reps; r++)); do
   for k in $ks; do
     for tool in $tools; do
-      printf '  run %d  K=%-3s %-12s' "$r" "$k" "$tool"
+      printf '  run %d  K=%-3s %-12s' "$r" "$k" "$tool$([ $at_gate -eq 1 ] && echo '@gate')$([ $tls -eq 1 ] && echo ' rtmps')"
       if [ $smoke -eq 1 ]; then
         echo
         rc=0; run_one "$tool" "$k" "$r" || rc=$?
         tail -1 "$work/run/$tool-k$k-r$r/load.log"
+        if command -v python3 >/dev/null 2>&1; then python3 scripts/bench_report.py --last "$results" || true; fi
         [ $rc -eq 0 ] && echo "bench smoke: ok" || echo "bench smoke: FAILED (see $work/run/$tool-k$k-r$r/)"
         exit $rc
       fi

@@ -6,10 +6,14 @@ import json, os, platform, statistics, subprocess, sys, datetime
 if sys.argv[1] == "--last":
     d = [json.loads(l) for l in open(sys.argv[2]) if l.strip()][-1]
     nan = float("nan")
+    d = {k: (nan if v is None else v) for k, v in d.items()}  # serde writes NaN as null
     print(f" cpu {d.get('cpu_ms_per_stream_s', nan):6.2f} ms/stream-s  rss {d.get('rss_kib_total', 0) / 1024:7.1f} MiB"
           f"  lat p50/p99 {d.get('latency_p50_ms', nan):6.1f}/{d.get('latency_p99_ms', nan):6.1f} ms"
           f"  delivered {d.get('streams_delivered', 0)}/{d.get('streams')}  lost {d.get('frames_lost')}"
-          f"  gaps {d.get('dts_gaps')}  load {d.get('loadavg_end', '?')}{'' if d.get('valid') else '  NOT VALID'}")
+          f"  gaps {d.get('dts_gaps')}  sender late {d.get('sender_max_late_ms', nan):.0f} ms"
+          f"  confirm->1st frame p50 {d.get('confirm_first_frame_p50_ms', nan):.0f} ms, excess p50/max"
+          f" {d.get('confirm_excess_p50_ms', nan):.1f}/{d.get('confirm_excess_max_ms', nan):.1f} ms"
+          f"  load {d.get('loadavg_end', '?')}{'' if d.get('valid') else '  NOT VALID'}")
     sys.exit(0)
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -35,11 +39,15 @@ def figure(tool, k, key, valid_only=True):
         rs = [r for r in rs if r.get("valid")]
     return med([r.get(key) for r in rs])
 
-lines = ["| relay | K | runs valid | CPU ms / stream-s | ratio to FFmpeg | RSS MiB / stream | latency p50 / p99 ms | frames lost (all runs) | DTS gaps |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def fmax(vals):
+    vals = [v for v in vals if isinstance(v, (int, float)) and v == v]
+    return max(vals) if vals else float("nan")
+
+lines = ["| relay | K | runs valid | CPU ms / stream-s | ratio to FFmpeg | relay CPU, cores | RSS MiB / stream | latency p50 / p99 ms | frames lost (all runs) | DTS gaps | sender late max ms | confirm → 1st frame p50 ms; excess over keyframe p50 / max ms |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for k in ks:
-    ff = figure("ffmpeg", k, "cpu_ms_per_stream_s")
     for t in tools:
+        ff = figure("ffmpeg rtmps" if t.endswith(" rtmps") else "ffmpeg", k, "cpu_ms_per_stream_s")
         rs = groups.get((t, k))
         if not rs:
             continue
@@ -58,7 +66,13 @@ for k in ks:
         gaps = sum(r.get("dts_gaps", 0) or 0 for r in rs)
         ratio = f"{cpu / ff:.2f}" if ff == ff and ff > 0 else "–"
         mark = "" if valid else " ⚠ not valid"
-        lines.append(f"| {t}{mark} | {k} | {len(valid)}/{len(rs)} | {cpu:.2f} | {ratio} | {rss_s} | {p50:.1f} / {p99:.1f} | {lost} | {gaps} |")
+        late = fmax([r.get("sender_max_late_ms") for r in rs])
+        conf = "–"
+        if any(r.get("confirm_streams") for r in use):
+            conf = (f"{med([r.get('confirm_first_frame_p50_ms') for r in use]):.0f}; "
+                    f"{med([r.get('confirm_excess_p50_ms') for r in use]):.1f} / "
+                    f"{fmax([r.get('confirm_excess_max_ms') for r in use]):.1f}")
+        lines.append(f"| {t}{mark} | {k} | {len(valid)}/{len(rs)} | {cpu:.2f} | {ratio} | {cpu * k / 1000:.2f} | {rss_s} | {p50:.1f} / {p99:.1f} | {lost} | {gaps} | {late:.0f} | {conf} |")
 table = "\n".join(lines)
 print(table)
 

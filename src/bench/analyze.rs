@@ -120,7 +120,8 @@ pub const MATCH_TOLERANCE_MS: i64 = 12;
 const CAUSALITY_SLACK_NS: i128 = 5_000_000;
 
 /// The source keyframe the first received keyframe is: among the keyframes sent before it
-/// was received, the latest one under which no received frame would have arrived before it
+/// was received (within [`CAUSALITY_SLACK_NS`]: a relay that starts at a keyframe may deliver
+/// it before the sender took its stamp, and the keyframe before would then be picked), the latest one under which no received frame would have arrived before it
 /// was sent (a relay that buffers seconds at start, like FFmpeg probing its input, then
 /// drains its backlog, rules out the later candidates once it has caught up). Falls back to
 /// the candidate with the fewest such violations.
@@ -141,7 +142,11 @@ fn pick_anchor(sent: &[Sent], rx: &[Received], first_key: &Received) -> Option<u
     };
     sent.iter()
         .enumerate()
-        .filter(|(_, s)| s.key && s.last_packet_ns <= first_key.recv_ns)
+        .filter(|(_, s)| {
+            s.key
+                && i128::from(s.last_packet_ns)
+                    <= i128::from(first_key.recv_ns) + CAUSALITY_SLACK_NS
+        })
         .map(|(i, _)| i)
         .rev()
         .min_by_key(|&i| violations(i))
@@ -156,6 +161,41 @@ fn nearest(sent: &[Sent], dts_ms: i64) -> Option<usize> {
         .flatten()
         .filter(|&j| j < sent.len())
         .min_by_key(|&j| sent[j].dts_ms.abs_diff(target))
+}
+
+/// Confirm → first frame of one stream: how long after the gate (consent) the sink got the
+/// first video message, and how much of that was more than the wait for the first keyframe
+/// that began after the gate to be sent whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstFrame {
+    /// First video message received − gate (ns).
+    pub after_gate_ns: i64,
+    /// First video message received − send of the last packet of the first keyframe whose
+    /// first packet was sent at or after the gate (ns); the target is ≤ 50 ms.
+    pub excess_ns: i64,
+}
+
+/// A source frame as sent, for [`first_frame`]: keyframe flag, send times (monotonic ns) of
+/// the datagrams holding its first and its last TS packet (0 = not sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentSpan {
+    pub key: bool,
+    pub first_packet_ns: u64,
+    pub last_packet_ns: u64,
+}
+
+/// [`FirstFrame`] for a stream whose frames (decode order) were sent as `frames`, gated at
+/// `gate_ns`, whose first video message arrived at `first_rx_ns`. `None` if no keyframe began
+/// after the gate.
+pub fn first_frame(frames: &[SentSpan], gate_ns: u64, first_rx_ns: u64) -> Option<FirstFrame> {
+    let k = frames.iter().find(|f| {
+        f.key && f.first_packet_ns > 0 && f.first_packet_ns >= gate_ns && f.last_packet_ns > 0
+    })?;
+    let d = |a: u64, b: u64| i64::try_from(i128::from(a) - i128::from(b)).unwrap_or(i64::MAX);
+    Some(FirstFrame {
+        after_gate_ns: d(first_rx_ns, gate_ns),
+        excess_ns: d(first_rx_ns, k.last_packet_ns),
+    })
 }
 
 /// The `q`-quantile (0..=1) of `v` (sorted in place), nearest rank.
@@ -269,5 +309,44 @@ mod tests {
         assert_eq!(quantile(&mut v, 0.5), Some(50));
         assert_eq!(quantile(&mut v, 0.99), Some(99));
         assert_eq!(quantile(&mut [], 0.5), None);
+    }
+    #[test]
+    fn first_frame_after_the_gate() {
+        let span = |key, first: u64, last: u64| SentSpan {
+            key,
+            first_packet_ns: first * MS,
+            last_packet_ns: last * MS,
+        };
+        // Keyframes at 0 and 2000 ms (each sent over 20 ms), deltas in between.
+        let frames = [
+            span(true, 0, 20),
+            span(false, 33, 40),
+            span(true, 2000, 2020),
+            span(false, 2033, 2040),
+        ];
+        // Gate at 500 ms: the keyframe that began at 2000 ms is the first one; it arrived 3 ms
+        // after its last packet.
+        let f = first_frame(&frames, 500 * MS, 2023 * MS).expect("a keyframe after the gate");
+        assert_eq!(f.after_gate_ns, 1523 * MS as i64);
+        assert_eq!(f.excess_ns, 3 * MS as i64);
+        // A gate after the last keyframe began: nothing to measure.
+        assert_eq!(first_frame(&frames, 2001 * MS, 2100 * MS), None);
+    }
+    #[test]
+    fn a_first_keyframe_stamped_before_its_send_is_still_the_anchor() {
+        // Delivery starts at keyframe 20 (a relay gated after keyframe 10), and every frame
+        // is stamped received 1 ms before the sender's stamp (taken after sendmmsg).
+        let s = sent(60);
+        let rx: Vec<Received> = received(&s, 20, &[])
+            .into_iter()
+            .map(|m| Received {
+                recv_ns: m.recv_ns - 6 * MS,
+                ..m
+            })
+            .collect();
+        let r = analyze(&s, &rx, 0, u64::MAX);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.dts_gaps, 0);
+        assert_eq!(r.received, 40);
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::clock::monotonic_ns;
 use crate::error::Result;
-use analyze::{Sent, StreamResult, analyze, quantile};
+use analyze::{Sent, SentSpan, StreamResult, analyze, first_frame, quantile};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -43,6 +43,20 @@ pub struct LoadOptions {
     pub stagger: Duration,
     pub warmup: Duration,
     pub measure: Duration,
+    /// Read after the run, if given: the relays' consent gates, one `<stream> <ns>` line each,
+    /// on the system's CLOCK_MONOTONIC (see [`system_monotonic_offset_ns`]).
+    pub gates_file: Option<PathBuf>,
+}
+
+/// CLOCK_MONOTONIC − [`monotonic_ns`] in this process (ns): adding it turns this process's
+/// instants into the system clock another process can compare (`Instant` is CLOCK_MONOTONIC
+/// on Linux).
+pub fn system_monotonic_offset_ns() -> i64 {
+    use nix::time::{ClockId, clock_gettime};
+    let local = monotonic_ns();
+    let sys = clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    sys - i64::try_from(local).unwrap_or(i64::MAX)
 }
 
 /// One run's figures, one JSON line.
@@ -71,6 +85,14 @@ pub struct LoadReport {
     pub relays_exited: bool,
     /// Every stream delivered every frame of the window, in order, from before the window.
     pub valid: bool,
+    /// Confirm → first frame (streams with a gate and a keyframe after it): first video
+    /// message at the sink − gate, and its excess over the wait for the first keyframe that
+    /// began after the gate to be sent whole (target ≤ 50 ms).
+    pub confirm_streams: usize,
+    pub confirm_first_frame_p50_ms: f64,
+    pub confirm_first_frame_max_ms: f64,
+    pub confirm_excess_p50_ms: f64,
+    pub confirm_excess_max_ms: f64,
     pub sender_max_late_ms: f64,
     pub sender_errors: u64,
     pub loadavg_start: String,
@@ -204,6 +226,8 @@ pub fn run_load(opts: &LoadOptions) -> Result<LoadReport> {
     // Frames whose successor started before the stop: a relay can know them complete.
     let to_ns = end_ns.saturating_sub(300_000_000);
     let (mut lat, mut lat_next) = (Vec::new(), Vec::new());
+    let gates = read_gates(opts.gates_file.as_deref(), k);
+    let (mut after_gate, mut excess) = (Vec::new(), Vec::new());
     for (i, times) in sent.streams.iter().enumerate() {
         let frames: Vec<Sent> = feed
             .frames
@@ -225,8 +249,32 @@ pub fn run_load(opts: &LoadOptions) -> Result<LoadReport> {
             && let Some(path) = std::env::var_os("BENCH_DUMP")
         {
             // Diagnosis: stream 0's send and receive stamps.
-            let text = format!("window {warm_ns} {to_ns}\nsent {frames:?}\nrx {rx:?}\n");
+            let text = format!(
+                "window {warm_ns} {to_ns}\ngate {:?} start {start_ns}\nsent {frames:?}\nrx {rx:?}\n",
+                gates.first()
+            );
             let _ = std::fs::write(path, text);
+        }
+        if let (Some(gate), Some(first)) = (gates.get(i).copied().flatten(), rx.first()) {
+            // A frame's first packet is in the datagram that started its PES: the previous
+            // frame's "next start", or the stream's start for the first frame.
+            let spans: Vec<SentSpan> = feed
+                .frames
+                .iter()
+                .enumerate()
+                .map(|(j, f)| SentSpan {
+                    key: f.key,
+                    first_packet_ns: match j {
+                        0 => start_ns + i as u64 * stagger_ns,
+                        _ => times.next_start_ns.get(j - 1).copied().unwrap_or(0),
+                    },
+                    last_packet_ns: times.last_packet_ns.get(j).copied().unwrap_or(0),
+                })
+                .collect();
+            if let Some(f) = first_frame(&spans, gate, first.recv_ns) {
+                after_gate.push(f.after_gate_ns);
+                excess.push(f.excess_ns);
+            }
         }
         let r: StreamResult = analyze(&frames, &rx, warm_ns, to_ns);
         report.frames_expected += r.expected;
@@ -252,8 +300,40 @@ pub fn run_load(opts: &LoadOptions) -> Result<LoadReport> {
     report.latency_max_ms = ms(quantile(&mut lat, 1.0));
     report.latency_after_next_start_p50_ms = ms(quantile(&mut lat_next, 0.5));
     report.latency_after_next_start_p99_ms = ms(quantile(&mut lat_next, 0.99));
+    report.confirm_streams = after_gate.len();
+    let ms_i = |v: &mut Vec<i64>, q: f64| {
+        v.sort_unstable();
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1)) - 1;
+        v.get(rank).map_or(f64::NAN, |&x| x as f64 / 1e6)
+    };
+    report.confirm_first_frame_p50_ms = ms_i(&mut after_gate, 0.5);
+    report.confirm_first_frame_max_ms = ms_i(&mut after_gate, 1.0);
+    report.confirm_excess_p50_ms = ms_i(&mut excess, 0.5);
+    report.confirm_excess_max_ms = ms_i(&mut excess, 1.0);
     report.valid = report.streams_delivered == k && !report.relays_exited;
     Ok(report)
+}
+
+/// The gates of `path` (`<stream> <CLOCK_MONOTONIC ns>` lines) on this process's clock, by
+/// stream; none if there is no file.
+fn read_gates(path: Option<&std::path::Path>, k: usize) -> Vec<Option<u64>> {
+    let mut gates = vec![None; k];
+    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return gates;
+    };
+    let offset = system_monotonic_offset_ns();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        if let (Some(Ok(i)), Some(Ok(sys))) = (
+            f.next().map(str::parse::<usize>),
+            f.next().map(str::parse::<i64>),
+        ) && i < k
+        {
+            // A gate before this process's clock began (before any stream started) is 0.
+            gates[i] = Some(u64::try_from(sys - offset).unwrap_or(0));
+        }
+    }
+    gates
 }
 
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ: 100 on Linux x86_64 and arm64).
