@@ -124,6 +124,7 @@ pub async fn start_with(
     let v1 = V1 {
         control: control.clone(),
         allowed_sources: Arc::new(allowed_sources),
+        indicator_streams: Arc::default(),
     };
     let app = api::App::new(Arc::new(ControlTokens(control.clone())));
     app.metrics

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test's failure report
 
 mod bad_input;
+mod fabric_streams;
 mod harness;
 mod matrix;
 mod openapi;

@@ -70,6 +70,7 @@ async fn document_lists_exactly_the_routes_of_the_full_app() {
     let routes = onair::run::routes(V1 {
         control,
         allowed_sources: Arc::new(Vec::new()),
+        indicator_streams: Arc::default(),
     });
     let table = routes.table().to_vec();
     assert!(table.len() >= 29, "{table:?}");

@@ -4,7 +4,9 @@
 //! indicator is shown. The first ack moves a session from `starting` to `live`; while live the
 //! fabric keeps acknowledging (heartbeat) or egress stops after the policy's grace period.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +34,56 @@ pub fn routes() -> Routes<V1> {
 /// Keep-alive comment period, so a dead connection is noticed by both ends.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// Most indicator streams one fabric token may hold open at once. A fabric keeps one; the
+/// others cover a reconnect racing the old stream, which ends at its next keep-alive write
+/// (≤ 5 s) once its connection is gone. Beyond it: 429 `resource_exhausted`.
+pub const MAX_STREAMS_PER_TOKEN: usize = 4;
+
+/// Open indicator streams per fabric token.
+#[derive(Debug, Default)]
+pub struct StreamCounts(Mutex<HashMap<String, usize>>);
+
+impl StreamCounts {
+    fn acquire(self: &Arc<Self>, token_id: &str) -> Result<StreamSlot, ApiError> {
+        let mut m = self
+            .0
+            .lock()
+            .map_err(|_| crate::err!(Internal, "indicator stream counts poisoned"))?;
+        let n = m.entry(token_id.to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_TOKEN {
+            return Err(crate::err!(
+                ResourceExhausted,
+                "this fabric token already holds {MAX_STREAMS_PER_TOKEN} open indicator streams"
+            )
+            .into());
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            counts: self.clone(),
+            token_id: token_id.to_owned(),
+        })
+    }
+}
+
+/// One open stream, counted until dropped (with the stream's task).
+struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    token_id: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.counts.0.lock()
+            && let Some(n) = m.get_mut(&self.token_id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.token_id);
+            }
+        }
+    }
+}
+
 fn sse(ev: &IndicatorEvent) -> Bytes {
     let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
     Bytes::from(format!("event: indicator\ndata: {data}\n\n"))
@@ -54,6 +106,7 @@ async fn events(
     State(v1): State<V1>,
 ) -> Result<Response, ApiError> {
     require(&p, &[ApiRole::Fabric])?;
+    let slot = v1.indicator_streams.acquire(&p.token_id)?;
     // Without the server's signal (a router driven directly): one that never fires; its sender
     // lives as long as the stream (a dropped sender would end the stream at once).
     let (never, idle) = tokio::sync::watch::channel(false);
@@ -64,6 +117,7 @@ async fn events(
     let token_id = p.token_id.clone();
     tokio::spawn(async move {
         let _never = never;
+        let _slot = slot;
         for ev in &now {
             if tx.send(sse(ev)).await.is_err() {
                 return;

@@ -24,6 +24,8 @@ pub struct V1 {
     pub control: Control,
     /// CIDRs a session's fabric source may use (config `fabric.allowed_sources`).
     pub allowed_sources: Arc<Vec<crate::control::destination::Cidr>>,
+    /// Open indicator streams per fabric token (capped: [`fabric::MAX_STREAMS_PER_TOKEN`]).
+    pub indicator_streams: Arc<fabric::StreamCounts>,
 }
 
 /// All v1 routes.
