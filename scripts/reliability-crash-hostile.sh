@@ -113,8 +113,8 @@ h += ["",
       "request, body 64 KiB answered 413 from `Content-Length` before reading, request heads "
       "beyond ~100–300 KB answered 431, failed-auth limiter per address (burst 10, 10/min, "
       "IPv6 by /64, 4096 addresses), at most 512 connections (was 256). The fabric's SSE stream "
-      "(`GET /v1/fabric/indicators`, fabric token) is long-lived and bounded only by the "
-      "connection caps. `onair receive`: 64 connections, 10 s idle timeout (handshakes "
+      "(`GET /v1/fabric/indicators`, fabric token) is long-lived and bounded by the "
+      "connection caps and, since, at most 4 streams per fabric token (`tests/api_v1/fabric_streams.rs`). `onair receive`: 64 connections, 10 s idle timeout (handshakes "
       "included), the chunk/message/AMF limits of `src/rtmp_guard.rs`.",
       "",
       "Bugs found and fixed (regression tests in parentheses):",
