@@ -220,6 +220,33 @@ impl Writer {
         m.acked_total += 1;
     }
 
+    /// Deletes `{collection}/{id}`, keeping `which` of the model right: until it is answered,
+    /// the delete may or may not land (the writer can be cancelled at the kill before it sees
+    /// the answer).
+    async fn delete(
+        &mut self,
+        which: fn(&mut Model) -> &mut BTreeMap<String, Presence>,
+        collection: &str,
+        id: String,
+        tok: bool,
+        action: &'static str,
+    ) {
+        which(&mut self.model()).insert(id.clone(), Presence::Maybe);
+        match self
+            .send("DELETE", &format!("{collection}/{id}"), tok, Value::Null)
+            .await
+        {
+            Ok(_) => {
+                which(&mut self.model()).insert(id.clone(), Presence::No);
+                self.ack(action, &id);
+            }
+            Err(true) => {}
+            Err(false) => {
+                which(&mut self.model()).insert(id, Presence::Yes);
+            }
+        }
+    }
+
     async fn step(&mut self) {
         self.n += 1;
         let tag = format!("w{}-{}-{}", self.id, self.n, self.rng.next() % 100_000);
@@ -236,20 +263,14 @@ impl Writer {
                 let Some(id) = self.pick(|m| live_keys(&m.subscribers)) else {
                     return;
                 };
-                let path = format!("/v1/subscribers/{id}");
-                // Until it is answered, the delete may or may not land (the writer can be
-                // cancelled at the kill before it sees the answer).
-                self.model().subscribers.insert(id.clone(), Presence::Maybe);
-                match self.send("DELETE", &path, false, Value::Null).await {
-                    Ok(_) => {
-                        self.model().subscribers.insert(id.clone(), Presence::No);
-                        self.ack("subscriber.delete", &id);
-                    }
-                    Err(true) => {}
-                    Err(false) => {
-                        self.model().subscribers.insert(id, Presence::Yes);
-                    }
-                }
+                self.delete(
+                    |m| &mut m.subscribers,
+                    "/v1/subscribers",
+                    id,
+                    false,
+                    "subscriber.delete",
+                )
+                .await;
             }
             2 | 3 => {
                 let b = json!({"name": format!("p {tag}"), "service": "custom",
@@ -264,20 +285,14 @@ impl Writer {
                 let Some(id) = self.pick(|m| live_keys(&m.profiles)) else {
                     return;
                 };
-                let path = format!("/v1/profiles/{id}");
-                // Until it is answered, the delete may or may not land (the writer can be
-                // cancelled at the kill before it sees the answer).
-                self.model().profiles.insert(id.clone(), Presence::Maybe);
-                match self.send("DELETE", &path, true, Value::Null).await {
-                    Ok(_) => {
-                        self.model().profiles.insert(id.clone(), Presence::No);
-                        self.ack("profile.delete", &id);
-                    }
-                    Err(true) => {}
-                    Err(false) => {
-                        self.model().profiles.insert(id, Presence::Yes);
-                    }
-                }
+                self.delete(
+                    |m| &mut m.profiles,
+                    "/v1/profiles",
+                    id,
+                    true,
+                    "profile.delete",
+                )
+                .await;
             }
             5..=7 => self.session(&tag).await,
             // Policy writes from one writer only: then the last acknowledged value, or one sent
