@@ -6,6 +6,7 @@
 //! on a rejected key, certificate or policy.
 
 pub mod backoff;
+mod live;
 pub mod queue;
 pub mod session;
 pub mod tls;
@@ -15,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
@@ -121,21 +121,44 @@ pub struct StatsSnapshot {
     pub publishing: bool,
 }
 
-/// The queue shared between the producer (media core, any thread) and the egress task.
-#[derive(Debug)]
+/// The queue shared between the producer (media core, any thread) and the egress task, and
+/// the live write path (see [`live`]): while publishing, the producer writes to the socket.
 pub struct SharedQueue {
     queue: Mutex<FrameQueue>,
     notify: Notify,
     closed: AtomicBool,
+    out: Mutex<live::OutState>,
+    stats: Arc<EgressStats>,
+}
+
+impl std::fmt::Debug for SharedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedQueue")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SharedQueue {
-    pub fn new(max_bytes: usize, max_frames: usize) -> Arc<Self> {
+    fn new(max_bytes: usize, max_frames: usize, stats: Arc<EgressStats>) -> Arc<Self> {
         Arc::new(SharedQueue {
             queue: Mutex::new(FrameQueue::new(max_bytes, max_frames)),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
+            out: Mutex::new(live::OutState::new()),
+            stats,
         })
+    }
+
+    fn out(&self) -> std::sync::MutexGuard<'_, live::OutState> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the wire away: nothing more is written from the producer's side.
+    fn disable(&self) {
+        let mut st = self.out();
+        st.stopped = true;
+        st.wire = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FrameQueue> {
@@ -144,7 +167,8 @@ impl SharedQueue {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pushes frames (from the media core). Never blocks on the network.
+    /// Pushes frames (from the media core) and, while publishing, writes them to the socket
+    /// when it takes them without blocking. Never blocks on the network.
     pub fn push_all(&self, frames: &[MediaFrame]) {
         if frames.is_empty() {
             return;
@@ -155,7 +179,18 @@ impl SharedQueue {
                 q.push(f.clone());
             }
         }
-        self.notify.notify_one();
+        let mut st = self.out();
+        let wake = match &st.wire {
+            // Not publishing: the task sends them once it is.
+            None => true,
+            // The task waits for the socket and drains the queue when it can.
+            Some(w) if w.blocked_since.is_some() || w.error.is_some() => false,
+            Some(_) => live::pump_out(self, &mut st) != live::Pumped::Done,
+        };
+        drop(st);
+        if wake {
+            self.notify.notify_one();
+        }
     }
 
     /// No more frames will come: the egress drains what is queued, then ends.
@@ -193,8 +228,9 @@ impl EgressHandle {
         snapshot(&self.stats, &self.queue)
     }
 
-    /// Asks the egress to stop now (after the frame being written).
+    /// Asks the egress to stop now: nothing more is written once this returns.
     pub fn stop(&self) {
+        self.queue.disable();
         let _ = self.stop.send(true);
     }
 
@@ -236,8 +272,8 @@ pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
     } else {
         None
     };
-    let queue = SharedQueue::new(opts.queue_max_bytes, opts.queue_max_frames);
     let stats = Arc::new(EgressStats::default());
+    let queue = SharedQueue::new(opts.queue_max_bytes, opts.queue_max_frames, stats.clone());
     let (stop, stop_rx) = watch::channel(false);
     let driver = Driver {
         dest,
@@ -246,7 +282,6 @@ pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
         queue: queue.clone(),
         stats: stats.clone(),
         stop: stop_rx,
-        headers: HeaderCache::default(),
     };
     let task = tokio::spawn(driver.run());
     Ok(EgressHandle {
@@ -314,8 +349,78 @@ impl HeaderCache {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// A connection while it handshakes and publishes (async I/O); taken apart into a [`live::Wire`]
+/// once publishing.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn into_parts(self) -> (TcpStream, Option<rustls::ClientConnection>) {
+        match self {
+            Conn::Plain(t) => (t, None),
+            Conn::Tls(t) => {
+                let (io, c) = t.into_inner();
+                (io, Some(c))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => std::pin::Pin::new(t).poll_read(cx, buf),
+            Conn::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => std::pin::Pin::new(t).poll_write(cx, buf),
+            Conn::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => std::pin::Pin::new(t).poll_flush(cx),
+            Conn::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => std::pin::Pin::new(t).poll_shutdown(cx),
+            Conn::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Takes the wire out of the shared state when the connection's future ends or is dropped
+/// (a stop, a reconnect): the producer never writes to a connection the task let go of.
+struct WireGuard(Arc<SharedQueue>);
+
+impl Drop for WireGuard {
+    fn drop(&mut self) {
+        self.0.out().wire = None;
+    }
+}
 
 enum PumpEnd {
     Stopped,
@@ -329,7 +434,6 @@ struct Driver {
     queue: Arc<SharedQueue>,
     stats: Arc<EgressStats>,
     stop: watch::Receiver<bool>,
-    headers: HeaderCache,
 }
 
 /// SO_LINGER {on, 0} on a connected socket.
@@ -420,11 +524,11 @@ impl Driver {
 
     /// One connection: returns how it ended and how long it was publishing.
     async fn connect_and_pump(&mut self) -> (Result<PumpEnd>, Duration) {
-        let mut stream = match self.connect().await {
+        let mut conn = match self.connect().await {
             Ok(s) => s,
             Err(e) => return (Err(e), Duration::ZERO),
         };
-        let mut session = match self.publish(&mut stream).await {
+        let session = match self.publish(&mut conn).await {
             Ok(s) => s,
             Err(e) => return (Err(e), Duration::ZERO),
         };
@@ -434,32 +538,75 @@ impl Driver {
         tracing::info!(url = %self.dest.url, "publishing");
         // Media queued while disconnected is stale: resume at the newest keyframe.
         self.queue.lock().resume_at_latest_keyframe();
-        let end = match self.pump(&mut stream, &mut session).await {
+        let (tcp, tls) = conn.into_parts();
+        let tcp = Arc::new(tcp);
+        let guard = WireGuard(self.queue.clone());
+        {
+            let mut st = self.queue.out();
+            if st.stopped {
+                return (Ok(PumpEnd::Stopped), Duration::ZERO);
+            }
+            let mut wire = live::Wire::new(tcp.clone(), tls, session);
+            // The newest headers go first (a reconnect's frames need them).
+            let cached: Vec<MediaFrame> = st.headers.all().cloned().collect();
+            for f in &cached {
+                if let Err(e) = wire
+                    .session
+                    .send_frame(f)
+                    .and_then(|b| wire.enqueue(b, &self.stats))
+                {
+                    return (Err(e), Duration::ZERO);
+                }
+            }
+            st.wire = Some(wire);
+        }
+        let end = match self.pump(&tcp).await {
             Ok(end) => end,
             Err(e) => return (Err(e), since.elapsed()),
         };
-        self.finish(&mut stream, &mut session).await;
+        let wire = self.queue.out().wire.take();
+        drop(guard);
+        if let (PumpEnd::Drained, Some(mut wire)) = (&end, wire) {
+            self.finish(&mut wire).await;
+        }
         (Ok(end), since.elapsed())
     }
 
     /// Graceful end: deleteStream, close our side (TLS close_notify), and read until the
     /// server closes, so the last frames are not lost to a reset. Bounded to 2 s.
-    async fn finish(&self, stream: &mut Box<dyn Stream>, session: &mut PublishSession) {
+    async fn finish(&self, w: &mut live::Wire) {
         let graceful = async {
-            for b in session.unpublish()? {
-                self.write(stream, &b).await?;
+            for b in w.session.unpublish()? {
+                w.enqueue(b, &self.stats)?;
             }
-            stream
-                .shutdown()
-                .await
+            if let Some(c) = &mut w.tls {
+                c.send_close_notify();
+            }
+            while !w
+                .flush(&self.stats)
+                .map_err(|e| Error::from_net("unpublish", &e))?
+            {
+                w.tcp
+                    .writable()
+                    .await
+                    .map_err(|e| Error::from_net("unpublish", &e))?;
+            }
+            socket2::SockRef::from(w.tcp.as_ref())
+                .shutdown(std::net::Shutdown::Write)
                 .map_err(|e| Error::from_net("shutdown", &e))?;
             let mut buf = [0u8; 4096];
-            while stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::from_net("drain", &e))?
-                > 0
-            {}
+            loop {
+                w.tcp
+                    .readable()
+                    .await
+                    .map_err(|e| Error::from_net("drain", &e))?;
+                match w.tcp.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(Error::from_net("drain", &e)),
+                }
+            }
             Ok::<(), Error>(())
         };
         match tokio::time::timeout(Duration::from_secs(2), graceful).await {
@@ -497,7 +644,7 @@ impl Driver {
         Ok(allowed)
     }
 
-    async fn connect(&self) -> Result<Box<dyn Stream>> {
+    async fn connect(&self) -> Result<Conn> {
         let url = &self.dest.url;
         let addrs = self.resolve().await?;
         let tcp = tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(&addrs[..]))
@@ -515,7 +662,7 @@ impl Driver {
             let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(bytes);
         }
         let Some(config) = &self.tls else {
-            return Ok(Box::new(tcp));
+            return Ok(Conn::Plain(tcp));
         };
         let name = tls::server_name(&url.host)?;
         let connector = tokio_rustls::TlsConnector::from(config.clone());
@@ -523,11 +670,11 @@ impl Driver {
             .await
             .map_err(|_| crate::err!(Unavailable, "TLS handshake with {url}: timed out"))?
             .map_err(|e| tls::classify_tls_error(&e))?;
-        Ok(Box::new(tls))
+        Ok(Conn::Tls(Box::new(tls)))
     }
 
     /// Handshake, connect(app), publish(key); returns once the server accepted the publish.
-    async fn publish(&self, stream: &mut Box<dyn Stream>) -> Result<PublishSession> {
+    async fn publish(&self, stream: &mut Conn) -> Result<PublishSession> {
         let url = &self.dest.url;
         let (mut session, c0c1) = PublishSession::new(
             &url.app,
@@ -571,7 +718,7 @@ impl Driver {
         }
     }
 
-    async fn write(&self, stream: &mut Box<dyn Stream>, b: &[u8]) -> Result<()> {
+    async fn write(&self, stream: &mut Conn, b: &[u8]) -> Result<()> {
         tokio::time::timeout(self.opts.write_timeout, stream.write_all(b))
             .await
             .map_err(|_| {
@@ -589,151 +736,81 @@ impl Driver {
         Ok(())
     }
 
-    /// Writes every buffer, in order, with as few (vectored) writes as the stream takes.
-    async fn write_all_vectored(&self, stream: &mut Box<dyn Stream>, bufs: &[Bytes]) -> Result<()> {
-        let total: usize = bufs.iter().map(Bytes::len).sum();
-        let all = async {
-            let (mut i, mut off) = (0usize, 0usize);
-            while i < bufs.len() {
-                let mut slices = Vec::with_capacity(bufs.len() - i);
-                for (k, b) in bufs.iter().enumerate().skip(i) {
-                    let b = if k == i {
-                        b.get(off..).unwrap_or_default()
-                    } else {
-                        &b[..]
-                    };
-                    slices.push(std::io::IoSlice::new(b));
-                }
-                let mut n = stream.write_vectored(&slices).await?;
-                if n == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-                }
-                while n > 0 && i < bufs.len() {
-                    let left = bufs[i].len() - off;
-                    if n >= left {
-                        n -= left;
-                        i += 1;
-                        off = 0;
-                    } else {
-                        off += n;
-                        n = 0;
-                    }
-                }
-                while i < bufs.len() && bufs[i].len() == off {
-                    i += 1;
-                    off = 0;
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(self.opts.write_timeout, all)
-            .await
-            .map_err(|_| {
-                crate::err!(
-                    Unavailable,
-                    "{}: write stalled for {:?}",
-                    self.dest.url,
-                    self.opts.write_timeout
-                )
-            })?
-            .map_err(|e| Error::from_net(&format!("write to {}", self.dest.url), &e))?;
-        self.stats
-            .bytes_sent
-            .fetch_add(total as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Sends cached headers, then frames as they come, while reading the server's messages.
-    async fn pump(
-        &mut self,
-        stream: &mut Box<dyn Stream>,
-        session: &mut PublishSession,
-    ) -> Result<PumpEnd> {
-        let cached: Vec<MediaFrame> = self.headers.all().cloned().collect();
-        for f in &cached {
-            let b = session.send_frame(f)?;
-            self.write(stream, &b).await?;
-        }
-        let mut batch = Vec::with_capacity(64);
-        let mut sends: Vec<Bytes> = Vec::with_capacity(64);
-        let mut rbuf = vec![0u8; 8 * 1024];
-        let mut out = Vec::new();
-        let mut meter = BitrateMeter::new();
+    /// While publishing: the producer writes (see [`live`]); this task reads the server's
+    /// messages, waits out a socket that would block and drains the queue after it, and
+    /// notices the end (stop, drained after close, a failed write, a stalled socket).
+    async fn pump(&mut self, tcp: &TcpStream) -> Result<PumpEnd> {
+        let mut from_server = Vec::with_capacity(8192);
         // A safety tick, armed once (not a new timer on every wake-up).
         let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(tick);
         loop {
-            batch.clear();
-            self.queue.pop_batch(&mut batch, 64);
-            if batch.is_empty() {
-                if self.queue.closed.load(Ordering::Acquire) {
+            let blocked_since = {
+                let mut st = self.queue.out();
+                live::pump_out(&self.queue, &mut st);
+                let Some(w) = st.wire.as_mut() else {
+                    return Ok(PumpEnd::Stopped); // stop() took it
+                };
+                if let Some(e) = w.error.take() {
+                    return Err(e);
+                }
+                if w.blocked_since.is_none()
+                    && !w.has_pending()
+                    && self.queue.closed.load(Ordering::Acquire)
+                    && self.queue.lock().is_empty()
+                {
                     return Ok(PumpEnd::Drained);
                 }
-                tokio::select! {
-                    _ = self.queue.notify.notified() => {}
-                    r = stream.read(&mut rbuf) => {
-                        let n = r.map_err(|e| Error::from_net(&format!("read from {}", self.dest.url), &e))?;
-                        if n == 0 {
-                            crate::bail!(Unavailable, "{} closed the connection", self.dest.url);
-                        }
-                        self.on_server_bytes(session, &rbuf[..n], &mut out, stream).await?;
-                    }
-                    _ = self.stop.changed() => return Ok(PumpEnd::Stopped),
-                    _ = &mut tick => {
-                        tick.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }
+                w.blocked_since
+            };
             if *self.stop.borrow() {
                 return Ok(PumpEnd::Stopped);
             }
-            // Cache the batch's headers before sending anything: if a write fails midway, the
-            // reconnect must re-send the newest headers, not ones older than the frames.
-            for f in &batch {
-                self.headers.remember(f);
-            }
-            // The batch's messages go out with one vectored write.
-            sends.clear();
-            for f in &batch {
-                let b = session.send_frame(f)?;
-                meter.add(b.len());
-                sends.push(b);
-            }
-            self.write_all_vectored(stream, &sends).await?;
-            self.stats
-                .frames_out
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if let Some(bps) = meter.poll() {
-                self.stats.bitrate_bps.store(bps, Ordering::Relaxed);
+            let stall_at = blocked_since.map(|t| tokio::time::Instant::from_std(t) + self.opts.write_timeout);
+            tokio::select! {
+                _ = self.queue.notify.notified() => {}
+                r = tcp.readable() => {
+                    r.map_err(|e| Error::from_net(&format!("read from {}", self.dest.url), &e))?;
+                    from_server.clear();
+                    let mut st = self.queue.out();
+                    let Some(w) = st.wire.as_mut() else {
+                        return Ok(PumpEnd::Stopped);
+                    };
+                    let open = w
+                        .read_available(&mut from_server)
+                        .map_err(|e| Error::from_net(&format!("read from {}", self.dest.url), &e))?;
+                    if !from_server.is_empty() {
+                        live::on_server_bytes(w, &from_server, &self.stats)?;
+                    }
+                    if !open {
+                        crate::bail!(Unavailable, "{} closed the connection", self.dest.url);
+                    }
+                }
+                r = tcp.writable(), if blocked_since.is_some() => {
+                    r.map_err(|e| Error::from_net(&format!("write to {}", self.dest.url), &e))?;
+                }
+                _ = sleep_until_opt(stall_at) => {
+                    crate::bail!(
+                        Unavailable,
+                        "{}: write stalled for {:?}",
+                        self.dest.url,
+                        self.opts.write_timeout
+                    );
+                }
+                _ = self.stop.changed() => return Ok(PumpEnd::Stopped),
+                _ = &mut tick => {
+                    tick.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
             }
         }
     }
+}
 
-    async fn on_server_bytes(
-        &self,
-        session: &mut PublishSession,
-        bytes: &[u8],
-        out: &mut Vec<Output>,
-        stream: &mut Box<dyn Stream>,
-    ) -> Result<()> {
-        session.handle_input(bytes, out)?;
-        let sends: Vec<Bytes> = out
-            .drain(..)
-            .filter_map(|o| match o {
-                Output::Send(b) => Some(b),
-                Output::Acknowledged(n) => {
-                    self.stats
-                        .bytes_acked
-                        .fetch_add(u64::from(n), Ordering::Relaxed);
-                    None
-                }
-                Output::Published => None,
-            })
-            .collect();
-        for b in sends {
-            self.write(stream, &b).await?;
-        }
-        Ok(())
+/// Sleeps until the instant, or forever.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

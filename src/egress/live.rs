@@ -1,0 +1,332 @@
+//! The live write path: once the ingest accepted the publish, frames are serialized and written
+//! to the socket by whichever thread has them, normally the ingest thread at the end of a
+//! receive batch, with non-blocking writes and without waking the egress task.
+//!
+//! The egress task (the tokio driver in `mod.rs`) keeps what needs waiting: the server's
+//! messages, a socket that would block (it waits until the socket is writable, then drains the
+//! queue), the write-stall deadline, reconnects and the graceful end. Both sides meet under
+//! one lock ([`OutState`]); every operation under it is non-blocking.
+//!
+//! Rules that make the hand-over safe:
+//! - the ingest pushes into the queue first, then takes the lock: if it finds the socket
+//!   blocked it leaves the frames queued, and the task, which un-blocks under the same lock,
+//!   drains the queue right after;
+//! - whoever hits "would block" or an error first tells the task (one notify), never the
+//!   other way round: a socket that takes everything costs the ingest one `writev` per batch;
+//! - a stopped egress has no [`Wire`]: after [`super::EgressHandle::stop`] returns nothing
+//!   more is written.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::session::{Output, PublishSession};
+use super::{BitrateMeter, EgressStats, HeaderCache, SharedQueue};
+use crate::error::{Error, Result};
+use crate::media::core::MediaFrame;
+
+/// Frames serialized per write.
+const BATCH: usize = 64;
+
+/// One publishing connection's write side.
+pub(crate) struct Wire {
+    pub(crate) tcp: Arc<TcpStream>,
+    pub(crate) tls: Option<Box<rustls::ClientConnection>>,
+    pub(crate) session: PublishSession,
+    /// Plain TCP: bytes accepted but not yet written (the front one from `pending_off`). With
+    /// TLS, rustls holds them (as records).
+    pending: VecDeque<Bytes>,
+    pending_off: usize,
+    /// Set when the socket would not take more; cleared once everything pending is written.
+    pub(crate) blocked_since: Option<Instant>,
+    /// A write failed (from any thread): the connection is over.
+    pub(crate) error: Option<Error>,
+}
+
+/// A borrowed socket as blocking-style `Read`/`Write` that never block (rustls's I/O).
+struct SockIo<'a>(&'a TcpStream);
+
+impl Read for SockIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SockIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}
+
+impl Wire {
+    pub(crate) fn new(
+        tcp: Arc<TcpStream>,
+        tls: Option<rustls::ClientConnection>,
+        session: PublishSession,
+    ) -> Wire {
+        let tls = tls.map(|mut c| {
+            // We bound what is buffered ourselves: a batch is added only after the previous
+            // one was written out.
+            c.set_buffer_limit(None);
+            Box::new(c)
+        });
+        Wire {
+            tcp,
+            tls,
+            session,
+            pending: VecDeque::new(),
+            pending_off: 0,
+            blocked_since: None,
+            error: None,
+        }
+    }
+
+    /// Queues RTMP bytes for writing (nothing is written yet).
+    pub(crate) fn enqueue(&mut self, b: Bytes, stats: &EgressStats) -> Result<()> {
+        match &mut self.tls {
+            None => self.pending.push_back(b),
+            Some(c) => {
+                c.writer()
+                    .write_all(&b)
+                    .map_err(|e| Error::from_net("TLS write", &e))?;
+                stats
+                    .bytes_sent
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether bytes wait to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        match &self.tls {
+            None => !self.pending.is_empty(),
+            Some(c) => c.wants_write(),
+        }
+    }
+
+    /// Writes what is pending without blocking. `Ok(true)`: all written.
+    pub(crate) fn flush(&mut self, stats: &EgressStats) -> std::io::Result<bool> {
+        if let Some(c) = &mut self.tls {
+            while c.wants_write() {
+                match c.write_tls(&mut SockIo(&self.tcp)) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(true);
+        }
+        while !self.pending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); BATCH];
+            let mut n_slices = 0;
+            for (k, b) in self.pending.iter().take(BATCH).enumerate() {
+                let s = if k == 0 {
+                    b.get(self.pending_off..).unwrap_or_default()
+                } else {
+                    &b[..]
+                };
+                slices[k] = IoSlice::new(s);
+                n_slices = k + 1;
+            }
+            let mut n = match self.tcp.try_write_vectored(&slices[..n_slices]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            while n > 0 {
+                let Some(front) = self.pending.front() else {
+                    break;
+                };
+                let left = front.len() - self.pending_off;
+                if n >= left {
+                    n -= left;
+                    self.pending.pop_front();
+                    self.pending_off = 0;
+                } else {
+                    self.pending_off += n;
+                    n = 0;
+                }
+            }
+            while self.pending.front().is_some_and(|b| b.len() == self.pending_off) {
+                self.pending.pop_front();
+                self.pending_off = 0;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what the server sent without blocking, into `out` (plaintext). `Ok(false)`: the
+    /// server closed the connection.
+    pub(crate) fn read_available(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
+        let mut buf = [0u8; 8192];
+        match &mut self.tls {
+            None => loop {
+                match self.tcp.try_read(&mut buf) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if would_block(&e) => return Ok(true),
+                    Err(e) => return Err(e),
+                }
+            },
+            Some(c) => loop {
+                let eof = match c.read_tls(&mut SockIo(&self.tcp)) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) if would_block(&e) => return Ok(true),
+                    Err(e) => return Err(e),
+                };
+                c.process_new_packets()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                loop {
+                    match c.reader().read(&mut buf) {
+                        Ok(0) => return Ok(false), // close_notify
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        Err(e) if would_block(&e) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if eof {
+                    return Ok(false);
+                }
+            },
+        }
+    }
+}
+
+/// What the live path shares between the ingest thread and the egress task.
+pub(crate) struct OutState {
+    pub(crate) wire: Option<Wire>,
+    /// The latest metadata and sequence headers sent, re-sent first after a reconnect.
+    pub(crate) headers: HeaderCache,
+    meter: BitrateMeter,
+    /// Stopped by the handle: no wire is installed any more.
+    pub(crate) stopped: bool,
+    batch: Vec<MediaFrame>,
+}
+
+impl OutState {
+    pub(crate) fn new() -> OutState {
+        OutState {
+            wire: None,
+            headers: HeaderCache::default(),
+            meter: BitrateMeter::new(),
+            stopped: false,
+            batch: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+/// What [`pump_out`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// Everything queued was written (or there is no wire).
+    Done,
+    /// The socket would not take more: the task must wait for it.
+    Blocked,
+    /// The connection failed (the error is in the wire).
+    Failed,
+}
+
+/// Writes what is pending, then drains the queue into the socket until it is empty or the
+/// socket would block. Never blocks. Call with the out lock held.
+pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
+    let OutState {
+        wire,
+        headers,
+        meter,
+        batch,
+        ..
+    } = st;
+    let Some(w) = wire.as_mut() else {
+        return Pumped::Done;
+    };
+    if w.error.is_some() {
+        return Pumped::Failed;
+    }
+    let stats = &q.stats;
+    let r = (|| -> Result<bool> {
+        loop {
+            if !w
+                .flush(stats)
+                .map_err(|e| Error::from_net("write to the ingest", &e))?
+            {
+                return Ok(false);
+            }
+            batch.clear();
+            q.pop_batch(batch, BATCH);
+            if batch.is_empty() {
+                return Ok(true);
+            }
+            // Headers are cached before anything is written: a reconnect re-sends the newest.
+            for f in batch.iter() {
+                headers.remember(f);
+            }
+            for f in batch.iter() {
+                let b = w.session.send_frame(f)?;
+                meter.add(b.len());
+                w.enqueue(b, stats)?;
+            }
+            stats
+                .frames_out
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if let Some(bps) = meter.poll() {
+                stats.bitrate_bps.store(bps, Ordering::Relaxed);
+            }
+        }
+    })();
+    match r {
+        Ok(true) => {
+            w.blocked_since = None;
+            Pumped::Done
+        }
+        Ok(false) => {
+            w.blocked_since.get_or_insert_with(Instant::now);
+            Pumped::Blocked
+        }
+        Err(e) => {
+            w.error = Some(e);
+            Pumped::Failed
+        }
+    }
+}
+
+/// Feeds the server's bytes to the session; replies are queued on the wire (written by the
+/// next [`pump_out`]).
+pub(crate) fn on_server_bytes(w: &mut Wire, bytes: &[u8], stats: &EgressStats) -> Result<()> {
+    let mut out = Vec::new();
+    w.session.handle_input(bytes, &mut out)?;
+    for o in out {
+        match o {
+            Output::Send(b) => w.enqueue(b, stats)?,
+            Output::Acknowledged(n) => {
+                stats
+                    .bytes_acked
+                    .fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+            Output::Published => {}
+        }
+    }
+    Ok(())
+}
