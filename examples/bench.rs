@@ -16,6 +16,8 @@
 //!   for `bench load --gates-file`, which measures confirm → first frame. `--start-at-gate`:
 //!   each relay is started at its gate (as after a confirm), not at once and gated.
 //!   The stream keys are the public names `bench-<i>` the sink expects: not secrets.
+//!   `--stage recv|core` (cost breakdown; nothing is delivered): `recv` receives the datagrams
+//!   and drops them, `core` also runs the media core and drops its frames.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ use onair::bench::{LoadOptions, run_load, sink::stream_name, system_monotonic_of
 use onair::clock::monotonic_ns;
 use onair::egress::{Destination, EgressOptions, RtmpUrl, TlsOptions};
 use onair::ingest::{IngestConfig, IngestMode};
+use onair::ingest::DatagramSink;
+use onair::media::core::{MediaCore, MediaFrame};
 use onair::relay::Relay;
 use onair::secret::Secret;
 
@@ -113,6 +117,10 @@ fn relays(args: &[String]) -> Res<()> {
     let gate_spread_ms: u64 = num(args, "--gate-spread-ms", 0)?;
     let gates_file = arg(args, "--gates-file");
     let start_at_gate = args.iter().any(|a| a == "--start-at-gate");
+    let stage = arg(args, "--stage").unwrap_or_else(|| "full".into());
+    if !["full", "recv", "core"].contains(&stage.as_str()) {
+        return Err(format!("--stage {stage}: expected full, recv or core").into());
+    }
     if base == 0 {
         return Err("--udp-base is required".into());
     }
@@ -146,6 +154,7 @@ fn relays(args: &[String]) -> Res<()> {
             order.sort_by_key(|&i| gate(i));
         }
         let mut relays = Vec::with_capacity(k);
+        let mut partial = Vec::new();
         for i in order {
             if start_at_gate {
                 let now = monotonic_ns();
@@ -169,10 +178,19 @@ fn relays(args: &[String]) -> Res<()> {
                 },
                 addr_policy: None,
             };
+            if stage != "full" {
+                let sink = StageSink {
+                    core: (stage == "core").then(|| MediaCore::with_gate(gate(i))),
+                    frames: Vec::new(),
+                };
+                partial.push(onair::ingest::start(&cfg, sink)?);
+                continue;
+            }
             let relay = Relay::start(&cfg, vec![(dest, EgressOptions::default())], gate(i))?;
             relays.push((i, relay));
         }
         relays.sort_by_key(|(i, _)| *i);
+        let _partial = partial;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
@@ -209,4 +227,19 @@ fn relays(args: &[String]) -> Res<()> {
         // No graceful stop: the sink is gone by now, and the figures were taken.
         std::process::exit(0);
     })
+}
+
+/// `--stage recv|core`: receives (and runs the media core), delivers nothing.
+struct StageSink {
+    core: Option<MediaCore>,
+    frames: Vec<MediaFrame>,
+}
+
+impl DatagramSink for StageSink {
+    fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
+        if let Some(core) = &mut self.core {
+            core.push_datagram(data, rx_ns, &mut self.frames);
+            self.frames.clear();
+        }
+    }
 }

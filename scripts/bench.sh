@@ -14,6 +14,9 @@
 #   --start-at-gate: onair relays are started at their consent gate (as the supervisor starts
 #               one at confirm: ingest bound, egress connecting then) instead of all at once
 #               and gated; labels get "@gate" (e.g. "onair@gate")
+#   --stage recv|core: cost breakdown of onair (nothing is delivered, runs are not valid):
+#               `recv` only receives the datagrams, `core` also runs the media core; labels
+#               get ":recv" / ":core"
 #   --base-bin: an older build of examples/bench, run as the tool `onair-base` (A/B of a change
 #               in one run, e.g. --tools "onair-base onair")
 #   scripts/bench.sh --smoke     # CI: K=1, onair only, the bundled clip, a few seconds;
@@ -27,7 +30,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base_bin=; tls=0; at_gate=0; results=; smoke=0; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
+base_bin=; tls=0; at_gate=0; results=; smoke=0; stage=; ks="1 16"; reps=2; tools="onair ffmpeg gst"; measure=15; warmup=8; doc=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --tls) tls=1 ;;
     --start-at-gate) at_gate=1 ;;
     --results) results=$2; shift ;;
+    --stage) stage=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -132,6 +136,7 @@ run_one() {
   local tool=$1 k=$2 rep=$3
   local label=$tool
   [ $at_gate -eq 1 ] && label="$label@gate"
+  [ -n "$stage" ] && label="$label:$stage"
   [ $tls -eq 1 ] && label="$label rtmps"
   local dir=$work/run/${label// /-}-k$k-r$rep
   rm -rf "$dir"; mkdir -p "$dir"
@@ -173,6 +178,7 @@ run_one() {
   case "$tool" in
     onair|onair-socket|onair-base)
       local extra=() bin=$bench; [ "$tool" = onair-socket ] && extra=(--socket)
+      [ -n "$stage" ] && extra+=(--stage "$stage")
       if [ "$tool" = onair-base ]; then
         [ -x "$base_bin" ] || { echo "onair-base needs --base-bin" >&2; return 1; }
         bin=$base_bin
