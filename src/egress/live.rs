@@ -166,7 +166,11 @@ impl Wire {
                     n = 0;
                 }
             }
-            while self.pending.front().is_some_and(|b| b.len() == self.pending_off) {
+            while self
+                .pending
+                .front()
+                .is_some_and(|b| b.len() == self.pending_off)
+            {
                 self.pending.pop_front();
                 self.pending_off = 0;
             }
@@ -321,9 +325,7 @@ pub(crate) fn on_server_bytes(w: &mut Wire, bytes: &[u8], stats: &EgressStats) -
         match o {
             Output::Send(b) => w.enqueue(b, stats)?,
             Output::Acknowledged(n) => {
-                stats
-                    .bytes_acked
-                    .fetch_add(u64::from(n), Ordering::Relaxed);
+                stats.bytes_acked.fetch_add(u64::from(n), Ordering::Relaxed);
             }
             Output::Published => {}
         }

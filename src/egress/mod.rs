@@ -766,7 +766,8 @@ impl Driver {
             if *self.stop.borrow() {
                 return Ok(PumpEnd::Stopped);
             }
-            let stall_at = blocked_since.map(|t| tokio::time::Instant::from_std(t) + self.opts.write_timeout);
+            let stall_at =
+                blocked_since.map(|t| tokio::time::Instant::from_std(t) + self.opts.write_timeout);
             tokio::select! {
                 _ = self.queue.notify.notified() => {}
                 r = tcp.readable() => {
