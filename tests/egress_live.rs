@@ -138,7 +138,7 @@ fn destination(url: &str, ca: Option<&TestCa>) -> Destination {
 /// Video frame `i`: its index and a pattern that differs per frame, `len` bytes in all.
 fn frame(i: u32, len: usize) -> MediaFrame {
     let mut body = Vec::with_capacity(len);
-    body.extend_from_slice(&[if i % 60 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
+    body.extend_from_slice(&[if i.is_multiple_of(60) { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
     body.extend_from_slice(&i.to_be_bytes());
     let mut x = i.wrapping_mul(2_654_435_761) | 1;
     while body.len() < len {
@@ -152,7 +152,7 @@ fn frame(i: u32, len: usize) -> MediaFrame {
         ts_ms: i * 33,
         body: Bytes::from(body),
         metadata: None,
-        keyframe: i % 60 == 0,
+        keyframe: i.is_multiple_of(60),
         droppable: false,
         rx_ns: 0,
     }
