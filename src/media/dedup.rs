@@ -22,20 +22,32 @@ pub struct DupFilter {
 
 const PACKET: usize = 188;
 
-fn fnv1a(h: &mut u64, bytes: &[u8]) {
-    for &b in bytes {
-        *h ^= u64::from(b);
-        *h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+/// Mixes one word into the hash (a multiply-rotate step: one multiply per 8 bytes, where a
+/// byte-wise FNV-1a spent one per byte and was ~5 % of a relay's CPU).
+#[inline]
+fn mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
 }
 
-/// The fingerprint described in the module docs.
+/// Up to 8 bytes as a little-endian word, zero-padded.
+#[inline]
+fn word(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(a)
+}
+
+/// The fingerprint described in the module docs: the length, then per TS packet its first
+/// 12 bytes (header, and a PCR's start when there is one) and its last 8.
 pub fn fingerprint(ts: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    fnv1a(&mut h, &(ts.len() as u64).to_le_bytes());
+    let mut h = mix(0xcbf2_9ce4_8422_2325, ts.len() as u64);
     for p in ts.chunks(PACKET) {
-        fnv1a(&mut h, &p[..p.len().min(12)]);
-        fnv1a(&mut h, &p[p.len().saturating_sub(8)..]);
+        let head = &p[..p.len().min(12)];
+        let (a, b) = head.split_at(head.len().min(8));
+        h = mix(h, word(a));
+        h = mix(h, word(b));
+        h = mix(h, word(&p[p.len().saturating_sub(8)..]));
     }
     h
 }
