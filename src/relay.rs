@@ -58,6 +58,7 @@ impl DatagramSink for CoreSink {
             self.core.flush_idle(now_ns, &mut self.frames);
             self.flushed = true;
         }
+        self.core.tick(now_ns, &mut self.frames);
         self.push_frames();
         if now_ns.saturating_sub(self.last_stats_ns) >= 200_000_000 {
             self.last_stats_ns = now_ns;

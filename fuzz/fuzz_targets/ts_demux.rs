@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Delivery::Idle { rx_ns } => {
             core.flush_idle(rx_ns, &mut out);
+            core.tick(rx_ns, &mut out);
             all.extend_from_slice(&out);
             check.check(&core, &mut out);
             last_ns = rx_ns;

@@ -95,8 +95,12 @@ pub struct CoreStats {
 /// Longest span of video held at the start waiting for the audio config: 2 s.
 pub const MAX_START_HOLD_90K: i64 = 2 * 90_000;
 
-/// The same bound in receive time (a source whose DTS stalls or jumps back): 2 s.
-pub const MAX_START_HOLD_NS: u64 = 2_000_000_000;
+/// The same bound in receive time: 40 ms. The audio config arrives with the first audio PES,
+/// up to ~170 ms after a keyframe (ffmpeg packs ~8 AAC frames per PES); waiting for it longer
+/// would break the start promise (confirm → first frame ≤ the next keyframe + 50 ms). After
+/// this the stream starts with video; the audio header and new metadata follow when audio
+/// comes. Enforced on every frame and, without one, by [`MediaCore::tick`].
+pub const MAX_START_HOLD_NS: u64 = 40_000_000;
 /// And in frames (120 fps for 2 s).
 pub const MAX_START_HOLD_FRAMES: usize = 240;
 /// And in bytes (2 s at 128 Mbit/s): frames can be large, the count alone does not bound memory.
@@ -223,6 +227,19 @@ impl MediaCore {
         }
         self.demux.push(ts, &mut self.events);
         self.drain_events(rx_ns, out);
+    }
+
+    /// Time passes (the relay calls this after every receive batch): ends a start hold that
+    /// has waited [`MAX_START_HOLD_NS`] for the audio config.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<MediaFrame>) {
+        if !self.started
+            && self
+                .held
+                .first()
+                .is_some_and(|first| now_ns.saturating_sub(first.rx_ns) >= MAX_START_HOLD_NS)
+        {
+            self.start_with_held(out);
+        }
     }
 
     /// The source went quiet: emits frames whose end is only known from the next one
@@ -373,7 +390,8 @@ impl MediaCore {
 
     /// Video before the stream started: wait for a keyframe at or after the gate; when the PMT
     /// announces audio whose config is not known yet, hold the keyframe and what follows (up to
-    /// [`MAX_START_HOLD_90K`]) so both sequence headers come before the first frame.
+    /// [`MAX_START_HOLD_NS`] of receive time, [`MAX_START_HOLD_90K`] of video) so both
+    /// sequence headers come before the first frame.
     fn before_start(&mut self, h: Held, out: &mut Vec<MediaFrame>) {
         if self.held.is_empty()
             && (!h.frame.keyframe || !self.passed_gate(h.first_packet) || self.avc.is_none())

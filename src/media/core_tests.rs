@@ -748,3 +748,53 @@ fn start_hold_is_bounded_in_bytes() {
         "held frames were lost"
     );
 }
+
+#[test]
+fn start_hold_for_the_audio_config_ends_after_40_ms_of_receive_time() {
+    // Regression: a relay started at the consent instant held its first keyframe until the
+    // first audio PES came (~80 ms at K = 64 in the benchmark), over the start promise of
+    // keyframe + 50 ms. The hold now ends by time, also when no other frame comes.
+    let mut core = MediaCore::new();
+    core.avc = Some(AvcConfig {
+        record: Bytes::from_static(&[1, 0x64, 0, 0x1F, 0xFF, 0xE1]),
+        width: 1920,
+        height: 1080,
+        profile_idc: 100,
+        level_idc: 31,
+        frame_rate: None,
+    });
+    core.audio_pid = Some(0x101);
+    core.gate_packet = Some(0);
+    let t0 = 5_000_000_000u64;
+    let held = Held {
+        first_packet: 1,
+        dts_90k: 0,
+        pts_90k: 0,
+        frame: AvcFrame {
+            data: Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]),
+            keyframe: true,
+        },
+        discontinuity: false,
+        rx_ns: t0,
+    };
+    let mut out = Vec::new();
+    core.before_start(held, &mut out);
+    assert!(out.is_empty(), "held for the audio config");
+    core.tick(t0 + MAX_START_HOLD_NS - 1, &mut out);
+    assert!(!core.started && out.is_empty(), "released early");
+    core.tick(t0 + MAX_START_HOLD_NS, &mut out);
+    assert!(core.started, "the hold did not end on time");
+    assert_eq!(
+        kinds(&out),
+        vec![
+            FrameKind::Metadata,
+            FrameKind::VideoHeader,
+            FrameKind::Video
+        ]
+    );
+    assert!(out[2].keyframe);
+    // A tick once started emits nothing.
+    let n = out.len();
+    core.tick(t0 + 10 * MAX_START_HOLD_NS, &mut out);
+    assert_eq!(out.len(), n);
+}
