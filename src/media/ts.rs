@@ -141,6 +141,11 @@ pub struct DemuxStats {
 /// At most this many H.264/AAC PIDs of a PMT are reassembled (bounds memory to this many
 /// times [`MAX_PES_BYTES`]); further ones are still listed in [`Program`].
 pub const MAX_RELAYED_STREAMS: usize = 16;
+/// Packets of not yet routed PIDs kept until the first program is known (770 KB; ~1 s of a
+/// 6 Mbit/s feed), then replayed: a receiver started between a PMT and a keyframe (a relay
+/// started at the consent instant) would otherwise lose that keyframe and wait a whole GOP.
+/// PAT/PMT come every ~100 ms in practice. The oldest go first when more come.
+pub const MAX_PRE_PROGRAM_PACKETS: usize = 4096;
 /// The null packet PID, also "no PCR" as a PCR_PID.
 pub const NULL_PID: u16 = 0x1FFF;
 const PAT_PID: u16 = 0;
@@ -352,6 +357,10 @@ pub struct Demuxer {
     /// The last emitted program.
     program: Option<Program>,
     es: Vec<EsPid>,
+    /// Until the first program: packets of PIDs not routed yet, with their packet numbers.
+    pre_program: std::collections::VecDeque<(u64, [u8; TS_PACKET_LEN])>,
+    /// The first program was just applied: replay `pre_program` after this packet.
+    replay: bool,
 }
 
 impl Demuxer {
@@ -409,7 +418,9 @@ impl Demuxer {
     /// [`MAX_RELAYED_STREAMS`] PES buffers (each under 2 × [`MAX_PES_BYTES`]) plus two sections.
     pub fn buffered_bytes(&self) -> usize {
         let es: usize = self.es.iter().map(|e| e.pes.buffered_bytes()).sum();
-        es + self.pat.sections.buffered_bytes() + self.pmt.sections.buffered_bytes()
+        es + self.pat.sections.buffered_bytes()
+            + self.pmt.sections.buffered_bytes()
+            + self.pre_program.len() * TS_PACKET_LEN
     }
 
     /// Number of elementary PIDs being reassembled (at most [`MAX_RELAYED_STREAMS`]).
@@ -419,6 +430,28 @@ impl Demuxer {
 
     fn push_packet(&mut self, packet: &[u8; TS_PACKET_LEN], out: &mut Vec<DemuxEvent>) {
         self.stats.packets += 1;
+        self.handle_packet(packet, false, out);
+        if std::mem::take(&mut self.replay) {
+            // The packets kept before the first program, under their own packet numbers (the
+            // consent gate is a packet number: media from before it stays gated).
+            let kept = std::mem::take(&mut self.pre_program);
+            let now = self.stats.packets;
+            for (number, p) in &kept {
+                self.stats.packets = *number;
+                self.handle_packet(p, true, out);
+            }
+            self.stats.packets = now;
+        }
+    }
+
+    /// One packet; `replayed`: kept from before the first program (PSI in it is not parsed
+    /// again: the program just applied is newer).
+    fn handle_packet(
+        &mut self,
+        packet: &[u8; TS_PACKET_LEN],
+        replayed: bool,
+        out: &mut Vec<DemuxEvent>,
+    ) {
         let Some((header_bytes, rest)) = packet.split_first_chunk::<4>() else {
             return;
         };
@@ -429,7 +462,16 @@ impl Demuxer {
             self.lose(route, true);
             return;
         }
+        if replayed && matches!(route, Route::Pat | Route::Pmt) {
+            return;
+        }
         if route == Route::Other && !self.is_pcr_pid(header.pid) {
+            if self.program.is_none() && header.pid != NULL_PID && !replayed {
+                if self.pre_program.len() >= MAX_PRE_PROGRAM_PACKETS {
+                    self.pre_program.pop_front();
+                }
+                self.pre_program.push_back((self.stats.packets, *packet));
+            }
             return;
         }
         let Some((af, payload)) = split_packet(header.afc, rest) else {
@@ -629,6 +671,7 @@ impl Demuxer {
             streams,
         };
         if self.program.as_ref() != Some(&program) {
+            self.replay = self.program.is_none() && !self.pre_program.is_empty();
             self.apply_program(&program);
             out.push(DemuxEvent::Program(program.clone()));
             self.program = Some(program);

@@ -730,3 +730,76 @@ fn pcr_on_a_pid_without_payload_stream() {
     };
     assert_eq!(out, [pcr]);
 }
+
+#[test]
+fn a_pes_that_began_before_the_first_pmt_is_replayed_once_it_is_known() {
+    // A receiver started between a PMT and a keyframe: the keyframe's first packets come
+    // before any PAT/PMT. Regression: they were dropped (unknown PID) and the stream started
+    // a GOP later (2 s in the benchmark, relays started at the consent instant).
+    let mut demux = Demuxer::new();
+    let mut cc = 0;
+    let first = payload(400, 1);
+    let second = payload(200, 2);
+    let mut packets = packetize(
+        VIDEO,
+        &mut cc,
+        Af {
+            rai: true,
+            ..Af::default()
+        },
+        &pes(0xE0, 9000, None, false, &first),
+    );
+    assert_eq!(packets.len(), 3);
+    let early = packets.len() as u64;
+    packets.push(psi_packet(0, 0, &pat(0, PMT)));
+    let streams = [(0x1B, VIDEO), (0x0F, AUDIO)];
+    packets.push(psi_packet(PMT, 0, &pmt(0, VIDEO, &streams, &[])));
+    packets.extend(packetize(
+        VIDEO,
+        &mut cc,
+        Af::default(),
+        &pes(0xE0, 12000, None, false, &second),
+    ));
+    let mut out = push_all(&mut demux, &packets);
+    out.extend(flushed(&mut demux));
+    let pes = pes_of(&out);
+    assert_eq!(pes.len(), 2, "{out:?}");
+    assert_eq!(pes[0].data[..], first[..], "the early PES, whole");
+    assert_eq!(pes[0].pts_90k, Some(9000));
+    assert!(pes[0].random_access);
+    assert_eq!(
+        pes[0].first_packet, 1,
+        "replayed under its own packet number"
+    );
+    assert_eq!(pes[1].data[..], second[..]);
+    assert_eq!(pes[1].first_packet, early + 3);
+    assert_eq!(demux.stats().packets, packets.len() as u64);
+    assert_eq!(demux.stats().cc_errors, 0);
+    assert_eq!(
+        demux.buffered_bytes(),
+        0,
+        "nothing kept once the program is known"
+    );
+}
+
+#[test]
+fn packets_kept_before_the_first_pmt_are_bounded() {
+    let mut demux = Demuxer::new();
+    let mut out = Vec::new();
+    for i in 0..(MAX_PRE_PROGRAM_PACKETS as u64 + 500) {
+        demux.push(
+            &packet(AUDIO, false, (i % 16) as u8, Af::default(), &[7; 184]),
+            &mut out,
+        );
+        // Null packets are never kept.
+        demux.push(
+            &packet(NULL_PID, false, 0, Af::default(), &[0; 184]),
+            &mut out,
+        );
+    }
+    assert!(out.is_empty());
+    assert_eq!(
+        demux.buffered_bytes(),
+        MAX_PRE_PROGRAM_PACKETS * TS_PACKET_LEN
+    );
+}
