@@ -274,6 +274,28 @@ pub fn run_load(opts: &LoadOptions) -> Result<LoadReport> {
             if let Some(f) = first_frame(&spans, gate, first.recv_ns) {
                 after_gate.push(f.after_gate_ns);
                 excess.push(f.excess_ns);
+                if let Some(path) = std::env::var_os("BENCH_CONFIRM_DUMP") {
+                    // Diagnosis: per stream, the gate, the first frame's arrival and excess.
+                    use std::io::Write as _;
+                    if let Ok(mut file) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                    {
+                        let _ = writeln!(
+                            file,
+                            "{i} gate {gate} first_rx {} after_gate_ms {:.1} excess_ms {:.1} first_key {} key_first_packet_after_gate_ms {:?}",
+                            first.recv_ns,
+                            f.after_gate_ns as f64 / 1e6,
+                            f.excess_ns as f64 / 1e6,
+                            first.key,
+                            spans
+                                .iter()
+                                .find(|x| x.key && x.first_packet_ns >= gate)
+                                .map(|x| (x.first_packet_ns as f64 - gate as f64) / 1e6)
+                        );
+                    }
+                }
             }
         }
         let r: StreamResult = analyze(&frames, &rx, warm_ns, to_ns);
