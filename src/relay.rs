@@ -88,9 +88,31 @@ impl Relay {
         destinations: Vec<(Destination, EgressOptions)>,
         gate_ns: u64,
     ) -> Result<Relay> {
+        let r = Relay::start_held(ingest_cfg, destinations, gate_ns)?;
+        r.release();
+        Ok(r)
+    }
+
+    /// Like [`Relay::start`], but the egresses only queue (bounded, GOP-aware) until
+    /// [`Relay::release`]: the supervisor starts receiving at the confirm, so a keyframe that
+    /// comes while the fabric acknowledges the indicator is not missed, and releases once
+    /// the acknowledgement came (nothing connects to the ingest before).
+    pub fn start_held(
+        ingest_cfg: &IngestConfig,
+        destinations: Vec<(Destination, EgressOptions)>,
+        gate_ns: u64,
+    ) -> Result<Relay> {
         let mut egresses = Vec::with_capacity(destinations.len());
         for (d, o) in destinations {
-            egresses.push(egress::spawn(d, o)?);
+            match egress::spawn_held(d, o) {
+                Ok(e) => egresses.push(e),
+                Err(e) => {
+                    for eg in &egresses {
+                        eg.stop();
+                    }
+                    return Err(e);
+                }
+            }
         }
         let core_stats = Arc::new(Mutex::new(CoreStats::default()));
         let sink = CoreSink {
@@ -119,6 +141,13 @@ impl Relay {
             egresses,
             core_stats,
         })
+    }
+
+    /// Lets held egresses connect and send what they queued (see [`Relay::start_held`]).
+    pub fn release(&self) {
+        for e in &self.egresses {
+            e.release();
+        }
     }
 
     pub fn ingest(&self) -> Option<&IngestHandle> {

@@ -504,6 +504,51 @@ async fn losing_the_indicator_stops_egress() {
     drop(fabric);
 }
 
+/// At the confirm the relay starts receiving (so the first keyframe after the confirm is not
+/// missed while the fabric answers), but its egress is held: with a fabric that never
+/// acknowledges the indicator nothing connects to the ingest, the session fails at the ack
+/// timeout, and the held relay is gone (its ingest port is free again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_indicator_ack_the_held_relay_never_connects_and_goes_away() {
+    let (w, _svc) = world("ctl_held_no_ack").await;
+    let (id, _) = new_session(&w, None).await;
+    let fabric = Fabric::start(w.api.port, &w.fabric, w.ingest_port);
+    fabric.stop_indicator();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    confirm(&w, &id).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let s = w.api.state(&w.sub, &id).await;
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(
+        w.rx.stats().connections_accepted,
+        0,
+        "the ingest was contacted before the indicator was acknowledged"
+    );
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", w.ingest_port)).is_err(),
+        "no relay receiving since the confirm"
+    );
+    let s = w
+        .api
+        .wait_state(&w.sub, &id, "failed", Duration::from_secs(6))
+        .await;
+    assert_eq!(s["state_detail"]["reason"], "indicator_not_acknowledged");
+    assert_eq!(w.rx.stats().connections_accepted, 0);
+    // The held relay let go of the ingest port.
+    let t0 = Instant::now();
+    loop {
+        match std::net::UdpSocket::bind(("127.0.0.1", w.ingest_port)) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "ingest port still bound after the session failed: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(fabric);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_start_waits_for_the_owners_confirm() {
     let (w, _svc) = world("ctl_scheduled").await;

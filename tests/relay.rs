@@ -620,3 +620,67 @@ async fn dns_failures_are_retried_not_fatal() {
     );
     relay.stop().await;
 }
+
+/// The supervisor starts a relay held at the confirm and releases it at the fabric's indicator
+/// acknowledgement. While held nothing connects; what it received from the gate on (here: the
+/// whole feed, more than one GOP of it) is sent after the release, from the first
+/// keyframe, nothing dropped. Regression: relays started only at the acknowledgement missed a
+/// keyframe that came while the fabric answered, and the stream began a GOP later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_relay_sends_what_it_received_since_the_gate_only_after_release() {
+    let dir = temp_dir("held");
+    let nginx = Nginx::start(&dir);
+    let feed = Feed::BFRAMES_48K_STEREO;
+    let src = dir.join("source.ts");
+    let cfg = ingest(IngestMode::Uring);
+    let url = format!("rtmp://127.0.0.1:{}/live", nginx.port);
+    let gate = onair::clock::monotonic_ns();
+    let relay = Relay::start_held(
+        &cfg,
+        vec![(destination(&url, "held"), EgressOptions::default())],
+        gate,
+    )
+    .expect("relay starts");
+    let mut ff = feed.start(cfg.bind.port(), &src, false);
+    // Until more than a GOP (25 frames) came (ffmpeg takes a moment to start).
+    let t0 = std::time::Instant::now();
+    while relay.core_stats().video_frames < 35 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = relay.egress_stats().remove(0);
+    let core = relay.core_stats();
+    assert!(
+        core.video_frames >= 35,
+        "more than a GOP received while held: {core:?}"
+    );
+    assert!(held.frames_in >= 35, "queued while held: {held:?}");
+    assert_eq!(
+        (held.connects, held.bytes_sent, held.frames_out),
+        (0, 0, 0),
+        "a held egress connected or sent: {held:?}"
+    );
+    assert!(
+        nginx.recordings().is_empty(),
+        "nginx saw a publish while held"
+    );
+    relay.release();
+    let ok = tokio::task::spawn_blocking(move || {
+        wait_exit(&mut ff, Duration::from_secs(u64::from(feed.seconds) + 20))
+    })
+    .await
+    .expect("join");
+    assert!(ok, "ffmpeg feed failed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snap = relay.egress_stats().remove(0);
+    for r in relay.stop().await {
+        r.expect("egress ended cleanly");
+    }
+    assert_eq!(snap.connects, 1, "{snap:?}");
+    assert_eq!(snap.frames_dropped, 0, "{snap:?}");
+    assert_eq!(
+        snap.frames_out, snap.frames_in,
+        "everything queued left: {snap:?}"
+    );
+    // ≥ 99.5 % of the source's frames: the GOPs received while held are in the recording.
+    check_recording(&single_recording(&nginx), &src, feed);
+}

@@ -203,6 +203,7 @@ pub fn start(store: Store, clocks: Arc<dyn Clocks>, config: SupervisorConfig) ->
         clocks,
         config,
         relays: HashMap::new(),
+        held: HashMap::new(),
         stopping: HashMap::new(),
         next_gen: 0,
         pending_ends: Vec::new(),
@@ -292,6 +293,9 @@ struct Supervisor {
     config: SupervisorConfig,
     /// Running relays, with the generation they were started as.
     relays: HashMap<SessionId, (u64, Relay)>,
+    /// Relays started at a confirm, receiving from its instant on, whose egresses wait for the
+    /// fabric's indicator acknowledgement (`StartRelay` releases them); with their gate.
+    held: HashMap<SessionId, (u64, Relay)>,
     /// Relays being stopped in the background (their end is reported later).
     stopping: HashMap<SessionId, u64>,
     next_gen: u64,
@@ -421,6 +425,9 @@ impl Supervisor {
     /// durably, so every relay is aborted now (fail safe). Commands keep failing with 503
     /// until the store works again.
     fn fail_safe(&mut self) {
+        for (_, (_, r)) in self.held.drain() {
+            tokio::spawn(r.abort());
+        }
         if self.relays.is_empty() {
             return;
         }
@@ -464,6 +471,12 @@ impl Supervisor {
                 }
                 tracing::info!(session = %session_id, meeting = %meeting_id, streaming = on, recording, "indicator");
                 let _ = self.control.events.send(ev);
+                if *on {
+                    self.prestart_relay(session_id);
+                } else if let Some((_, held)) = self.held.remove(session_id) {
+                    // Never acknowledged (or withdrawn first): it never sent anything.
+                    tokio::spawn(held.abort());
+                }
             }
             Effect::StartRelay {
                 session_id,
@@ -480,12 +493,50 @@ impl Supervisor {
         }
     }
 
+    /// At a confirm: starts receiving now (media from the confirm instant on, gated by the
+    /// media core) with the egresses held until the indicator is acknowledged, so the first
+    /// keyframe after the confirm is not missed while the fabric answers. A failure here is
+    /// only logged: `StartRelay` tries again and reports it.
+    fn prestart_relay(&mut self, session_id: &str) {
+        let Some(Session {
+            state: SessionState::Starting { consent, .. },
+            ..
+        }) = self.state.sessions.get(session_id)
+        else {
+            return;
+        };
+        let gate = consent.confirmed_mono_ns;
+        if let Some((_, old)) = self.held.remove(session_id) {
+            tokio::spawn(old.abort());
+        }
+        match self.build_relay(session_id, gate, true) {
+            Ok(relay) => {
+                tracing::debug!(session = %session_id, "relay receiving; egress held until the indicator is acknowledged");
+                self.held.insert(session_id.to_string(), (gate, relay));
+            }
+            Err(e) => {
+                tracing::warn!(session = %session_id, error = %e, "relay could not start at the confirm; trying again at the acknowledgement");
+            }
+        }
+    }
+
     fn start_relay(&mut self, session_id: &str, gate_mono_ns: u64) {
         if let Some((_, old)) = self.relays.remove(session_id) {
             // Never two relays for one session.
             tokio::spawn(old.abort());
         }
-        match self.build_relay(session_id, gate_mono_ns) {
+        if let Some((gate, held)) = self.held.remove(session_id) {
+            if gate == gate_mono_ns {
+                held.release();
+                self.next_gen += 1;
+                tracing::info!(session = %session_id, generation = self.next_gen, "relay started");
+                self.relays
+                    .insert(session_id.to_string(), (self.next_gen, held));
+                return;
+            }
+            tokio::spawn(held.abort());
+        }
+        match self.build_relay(session_id, gate_mono_ns, false) {
             Ok(relay) => {
                 self.next_gen += 1;
                 tracing::info!(session = %session_id, generation = self.next_gen, "relay started");
@@ -499,7 +550,7 @@ impl Supervisor {
         }
     }
 
-    fn build_relay(&self, session_id: &str, gate_mono_ns: u64) -> Result<Relay> {
+    fn build_relay(&self, session_id: &str, gate_mono_ns: u64, held: bool) -> Result<Relay> {
         let s = self
             .state
             .sessions
@@ -526,7 +577,11 @@ impl Supervisor {
             ));
         }
         let ingest = destination::parse_source(&s.source)?;
-        Relay::start(&ingest, dests, gate_mono_ns)
+        if held {
+            Relay::start_held(&ingest, dests, gate_mono_ns)
+        } else {
+            Relay::start(&ingest, dests, gate_mono_ns)
+        }
     }
 
     fn destination(

@@ -220,12 +220,18 @@ pub struct EgressHandle {
     pub stats: Arc<EgressStats>,
     pub queue: Arc<SharedQueue>,
     stop: watch::Sender<bool>,
+    release: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl EgressHandle {
     pub fn snapshot(&self) -> StatsSnapshot {
         snapshot(&self.stats, &self.queue)
+    }
+
+    /// Lets a held egress (see [`spawn_held`]) connect and publish what is queued.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
     }
 
     /// Asks the egress to stop now: nothing more is written once this returns.
@@ -266,6 +272,15 @@ pub fn snapshot(stats: &EgressStats, queue: &SharedQueue) -> StatsSnapshot {
 
 /// Starts an egress on the current tokio runtime. Policy is checked before anything is sent.
 pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
+    let h = spawn_held(dest, opts)?;
+    h.release();
+    Ok(h)
+}
+
+/// Starts an egress that queues frames but does not connect until [`EgressHandle::release`]
+/// (a session confirmed whose indicator the fabric has not acknowledged yet: media from the
+/// confirm on is kept, none leaves before the acknowledgement).
+pub fn spawn_held(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
     check_policy(&dest)?;
     let tls = if dest.url.is_tls() {
         Some(tls::client_config(&dest.tls)?)
@@ -275,7 +290,9 @@ pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
     let stats = Arc::new(EgressStats::default());
     let queue = SharedQueue::new(opts.queue_max_bytes, opts.queue_max_frames, stats.clone());
     let (stop, stop_rx) = watch::channel(false);
+    let (release, release_rx) = watch::channel(false);
     let driver = Driver {
+        release: release_rx,
         dest,
         opts,
         tls,
@@ -288,6 +305,7 @@ pub fn spawn(dest: Destination, opts: EgressOptions) -> Result<EgressHandle> {
         stats,
         queue,
         stop,
+        release,
         task,
     })
 }
@@ -434,6 +452,8 @@ struct Driver {
     queue: Arc<SharedQueue>,
     stats: Arc<EgressStats>,
     stop: watch::Receiver<bool>,
+    /// False while held: nothing connects.
+    release: watch::Receiver<bool>,
 }
 
 /// SO_LINGER {on, 0} on a connected socket.
@@ -475,6 +495,18 @@ impl Driver {
             ^ u64::from(std::process::id());
         let mut backoff =
             backoff::Backoff::new(self.opts.backoff_initial, self.opts.backoff_max, seed);
+        // Held: wait for the release (or a stop, or the handle gone).
+        let mut stop = self.stop.clone();
+        while !*self.release.borrow() {
+            tokio::select! {
+                r = self.release.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = wait_stop(&mut stop) => return Ok(()),
+            }
+        }
         loop {
             let mut stop = self.stop.clone();
             let attempt = tokio::select! {
@@ -533,11 +565,15 @@ impl Driver {
             Err(e) => return (Err(e), Duration::ZERO),
         };
         let since = Instant::now();
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let reconnect = self.stats.connects.fetch_add(1, Ordering::Relaxed) > 0;
         self.stats.publishing.store(true, Ordering::Relaxed);
         tracing::info!(url = %self.dest.url, "publishing");
-        // Media queued while disconnected is stale: resume at the newest keyframe.
-        self.queue.lock().resume_at_latest_keyframe();
+        if reconnect {
+            // Media queued while disconnected is stale: resume at the newest keyframe. At the
+            // first publish the queue holds the stream from its first keyframe (after the
+            // confirm; queued while held for the indicator acknowledgement): all of it goes.
+            self.queue.lock().resume_at_latest_keyframe();
+        }
         let (tcp, tls) = conn.into_parts();
         let tcp = Arc::new(tcp);
         let guard = WireGuard(self.queue.clone());
