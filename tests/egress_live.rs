@@ -31,6 +31,9 @@ struct Seen {
     video: Mutex<Vec<(u32, Bytes)>>,
     bytes: AtomicU64,
     paused: AtomicBool,
+    /// Sleep this long after every read of at most `read_limit` bytes (a slow link).
+    read_delay_ms: AtomicU64,
+    read_limit: AtomicU64,
 }
 
 /// A one-connection RTMP server that accepts connect and publish and keeps the video messages.
@@ -47,7 +50,15 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Seen>) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
-        let n = match sock.read(&mut buf).await {
+        let limit = match seen.read_limit.load(Ordering::Acquire) {
+            0 => buf.len(),
+            l => (l as usize).min(buf.len()),
+        };
+        let delay = seen.read_delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let n = match sock.read(&mut buf[..limit]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -316,4 +327,51 @@ async fn nothing_is_written_after_stop_returns_while_the_producer_keeps_pushing(
         .await
         .expect("ended")
         .expect("a stop is a clean end");
+}
+
+/// A link slower than the stream but moving: the socket stays blocked for longer than the
+/// write timeout while every wake-up writes something. Regression: the stall deadline
+/// counted from the first block, not from the last progress, and such an egress reconnected
+/// every write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_moving_link_is_not_taken_for_a_stalled_one() {
+    let seen = Arc::new(Seen::default());
+    let port = start_server(seen.clone()).await;
+    let url = format!("rtmp://127.0.0.1:{port}/live");
+    let opts = EgressOptions {
+        write_timeout: Duration::from_millis(800),
+        queue_max_bytes: 64 << 20,
+        queue_max_frames: 8192,
+        ..EgressOptions::default()
+    };
+    let h = egress::spawn(destination(&url, None), opts).expect("spawn");
+    wait_publishing(&h).await;
+    // ~400 KB/s read; ~1.6 MB/s pushed for 3 s.
+    seen.read_limit.store(4096, Ordering::Release);
+    seen.read_delay_ms.store(10, Ordering::Release);
+    let q = h.queue.clone();
+    let producer = std::thread::spawn(move || {
+        q.push_all(&[header()]);
+        for i in 0..300u32 {
+            q.push_all(&[frame(i, 16_000)]);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let t0 = Instant::now();
+    let mut was_blocked_long = false;
+    while t0.elapsed() < Duration::from_millis(3500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = h.snapshot();
+        assert_eq!(s.reconnects, 0, "a moving link was taken for a stalled one: {s:?}");
+        assert_eq!(s.connects, 1, "{s:?}");
+        was_blocked_long |= t0.elapsed() > Duration::from_millis(2000) && s.frames_out < 200;
+    }
+    producer.join().expect("producer");
+    assert!(
+        was_blocked_long,
+        "the link never fell behind for longer than the write timeout: {:?}",
+        h.snapshot()
+    );
+    h.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(5), h.join()).await;
 }

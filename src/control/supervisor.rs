@@ -723,6 +723,23 @@ impl Supervisor {
             tracing::error!(session = %id, "a relay ran for a session that is not live: aborted");
             self.stop_relay(&id, true);
         }
+        // A held relay belongs to a session still starting from the same confirm.
+        let stale: Vec<SessionId> = self
+            .held
+            .iter()
+            .filter(|(id, (gate, _))| {
+                !self.state.sessions.get(*id).is_some_and(|s| {
+                    matches!(&s.state, SessionState::Starting { consent, .. } if consent.confirmed_mono_ns == *gate)
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((_, r)) = self.held.remove(&id) {
+                tracing::error!(session = %id, "a held relay outlived its session's start: aborted");
+                tokio::spawn(r.abort());
+            }
+        }
     }
 }
 

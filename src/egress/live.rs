@@ -32,6 +32,8 @@ use crate::media::core::MediaFrame;
 
 /// Frames serialized per write.
 const BATCH: usize = 64;
+/// Server bytes read per wake-up of the egress task.
+const READ_PER_WAKE: usize = 64 * 1024;
 
 /// One publishing connection's write side.
 pub(crate) struct Wire {
@@ -42,8 +44,12 @@ pub(crate) struct Wire {
     /// TLS, rustls holds them (as records).
     pending: VecDeque<Bytes>,
     pending_off: usize,
-    /// Set when the socket would not take more; cleared once everything pending is written.
+    /// Set when the socket would not take more, and moved on whenever a write makes
+    /// progress: the stall deadline counts from the last progress, so a slow but moving link
+    /// is not taken for a stalled one. Cleared once everything pending is written.
     pub(crate) blocked_since: Option<Instant>,
+    /// A write since the last [`pump_out`] wrote something.
+    progressed: bool,
     /// A write failed (from any thread): the connection is over.
     pub(crate) error: Option<Error>,
 }
@@ -92,6 +98,7 @@ impl Wire {
             pending: VecDeque::new(),
             pending_off: 0,
             blocked_since: None,
+            progressed: false,
             error: None,
         }
     }
@@ -126,7 +133,7 @@ impl Wire {
             while c.wants_write() {
                 match c.write_tls(&mut SockIo(&self.tcp)) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
+                    Ok(_) => self.progressed = true,
                     Err(e) if would_block(&e) => return Ok(false),
                     Err(e) => return Err(e),
                 }
@@ -152,6 +159,7 @@ impl Wire {
                 Err(e) => return Err(e),
             };
             stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.progressed = true;
             while n > 0 {
                 let Some(front) = self.pending.front() else {
                     break;
@@ -178,12 +186,32 @@ impl Wire {
         Ok(true)
     }
 
-    /// Reads what the server sent without blocking, into `out` (plaintext). `Ok(false)`: the
-    /// server closed the connection.
+    /// Plaintext rustls already decrypted (read with the publish answer, before the wire was
+    /// made): the session must see it now, the socket will not become readable for it.
+    pub(crate) fn take_buffered(&mut self, out: &mut Vec<u8>) {
+        let Some(c) = &mut self.tls else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = c.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads what the server sent without blocking, into `out` (plaintext), at most about
+    /// [`READ_PER_WAKE`] (the caller holds the lock the ingest thread writes under; more is
+    /// read at the next wake-up, the socket stays readable). `Ok(false)`: the server closed
+    /// the connection.
     pub(crate) fn read_available(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
         let mut buf = [0u8; 8192];
         match &mut self.tls {
             None => loop {
+                if out.len() >= READ_PER_WAKE {
+                    return Ok(true);
+                }
                 match self.tcp.try_read(&mut buf) {
                     Ok(0) => return Ok(false),
                     Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -192,6 +220,9 @@ impl Wire {
                 }
             },
             Some(c) => loop {
+                if out.len() >= READ_PER_WAKE {
+                    return Ok(true);
+                }
                 let eof = match c.read_tls(&mut SockIo(&self.tcp)) {
                     Ok(0) => true,
                     Ok(_) => false,
@@ -303,10 +334,13 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
     match r {
         Ok(true) => {
             w.blocked_since = None;
+            w.progressed = false;
             Pumped::Done
         }
         Ok(false) => {
-            w.blocked_since.get_or_insert_with(Instant::now);
+            if std::mem::take(&mut w.progressed) || w.blocked_since.is_none() {
+                w.blocked_since = Some(Instant::now());
+            }
             Pumped::Blocked
         }
         Err(e) => {

@@ -185,7 +185,19 @@ impl SharedQueue {
             None => true,
             // The task waits for the socket and drains the queue when it can.
             Some(w) if w.blocked_since.is_some() || w.error.is_some() => false,
-            Some(_) => live::pump_out(self, &mut st) != live::Pumped::Done,
+            // rml_rtmp and rustls run on the ingest thread here, which every relay shares: a
+            // panic in them ends this connection (the task reconnects), not the ingest.
+            Some(_) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                live::pump_out(self, &mut st)
+            })) {
+                Ok(p) => p != live::Pumped::Done,
+                Err(_) => {
+                    if let Some(w) = st.wire.as_mut() {
+                        w.error = Some(crate::err!(Internal, "egress serialization panicked"));
+                    }
+                    true
+                }
+            },
         };
         drop(st);
         if wake {
@@ -234,7 +246,8 @@ impl EgressHandle {
         let _ = self.release.send(true);
     }
 
-    /// Asks the egress to stop now: nothing more is written once this returns.
+    /// Asks the egress to stop now: no media is written once this returns (the connection is
+    /// reset when the task lets go of it, without the graceful unpublish).
     pub fn stop(&self) {
         self.queue.disable();
         let _ = self.stop.send(true);
@@ -293,6 +306,7 @@ pub fn spawn_held(dest: Destination, opts: EgressOptions) -> Result<EgressHandle
     let (release, release_rx) = watch::channel(false);
     let driver = Driver {
         release: release_rx,
+        attempted: false,
         dest,
         opts,
         tls,
@@ -454,6 +468,8 @@ struct Driver {
     stop: watch::Receiver<bool>,
     /// False while held: nothing connects.
     release: watch::Receiver<bool>,
+    /// A connection was attempted before (the queue is stale at the next publish).
+    attempted: bool,
 }
 
 /// SO_LINGER {on, 0} on a connected socket.
@@ -556,6 +572,7 @@ impl Driver {
 
     /// One connection: returns how it ended and how long it was publishing.
     async fn connect_and_pump(&mut self) -> (Result<PumpEnd>, Duration) {
+        let reconnect = std::mem::replace(&mut self.attempted, true);
         let mut conn = match self.connect().await {
             Ok(s) => s,
             Err(e) => return (Err(e), Duration::ZERO),
@@ -565,13 +582,14 @@ impl Driver {
             Err(e) => return (Err(e), Duration::ZERO),
         };
         let since = Instant::now();
-        let reconnect = self.stats.connects.fetch_add(1, Ordering::Relaxed) > 0;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.publishing.store(true, Ordering::Relaxed);
         tracing::info!(url = %self.dest.url, "publishing");
         if reconnect {
-            // Media queued while disconnected is stale: resume at the newest keyframe. At the
-            // first publish the queue holds the stream from its first keyframe (after the
-            // confirm; queued while held for the indicator acknowledgement): all of it goes.
+            // Media queued while disconnected is stale: resume at the newest keyframe. When the
+            // first attempt publishes, the queue holds the stream from its first keyframe
+            // (after the confirm; queued while held for the indicator acknowledgement): all of
+            // it goes. After a failed first attempt (backoff up to seconds) it is stale too.
             self.queue.lock().resume_at_latest_keyframe();
         }
         let (tcp, tls) = conn.into_parts();
@@ -583,6 +601,13 @@ impl Driver {
                 return (Ok(PumpEnd::Stopped), Duration::ZERO);
             }
             let mut wire = live::Wire::new(tcp.clone(), tls, session);
+            let mut early = Vec::new();
+            wire.take_buffered(&mut early);
+            if !early.is_empty()
+                && let Err(e) = live::on_server_bytes(&mut wire, &early, &self.stats)
+            {
+                return (Err(e), Duration::ZERO);
+            }
             // The newest headers go first (a reconnect's frames need them).
             let cached: Vec<MediaFrame> = st.headers.all().cloned().collect();
             for f in &cached {

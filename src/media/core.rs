@@ -583,6 +583,11 @@ impl MediaCore {
             m.audio_codec_id = Some(flv::AUDIO_FORMAT_AAC);
             m.audio_sample_rate = Some(a.sample_rate);
             m.audio_channels = Some(a.channels);
+        } else if self.audio_pid.is_some() {
+            // The PMT announces AAC whose config has not come yet (a start that did not wait
+            // for it): the stream still says it carries audio; the rest follows with the
+            // audio header.
+            m.audio_codec_id = Some(flv::AUDIO_FORMAT_AAC);
         }
         m
     }
