@@ -2,9 +2,9 @@
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
 //! place and give the buffer back to the pool. Completions are handled in batches while
-//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.5 ms) has
+//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.25 ms) has
 //! passed, for at least one (kernel ≥ 6.12; older kernels linger the same time), so with many
-//! streams it wakes about once per half millisecond instead of once per datagram; after a wait
+//! streams it wakes about once per quarter millisecond instead of once per datagram; after a wait
 //! that brought a single completion it waits plainly for the next. Each sink gets
 //! `on_batch_end` once per batch in which it received something.
 //!
@@ -48,8 +48,10 @@ const CHUNK: usize = 64;
 const CQ_ENTRIES: u32 = 2 * RING_ENTRIES as u32;
 const SQ_ENTRIES: u32 = 256;
 /// How long a wait collects completions before returning with what it has (default; the
-/// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks).
-pub const BATCH_WAIT_US: u32 = 500;
+/// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks). Was
+/// 500 µs: 250 µs measured lower latency at every K and less CPU at K = 64–128 (A/B in
+/// docs/performance.md).
+pub const BATCH_WAIT_US: u32 = 250;
 /// Longest a removal waits for the socket's final completion.
 const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
