@@ -362,7 +362,10 @@ async fn a_slow_but_moving_link_is_not_taken_for_a_stalled_one() {
     while t0.elapsed() < Duration::from_millis(3500) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = h.snapshot();
-        assert_eq!(s.reconnects, 0, "a moving link was taken for a stalled one: {s:?}");
+        assert_eq!(
+            s.reconnects, 0,
+            "a moving link was taken for a stalled one: {s:?}"
+        );
         assert_eq!(s.connects, 1, "{s:?}");
         was_blocked_long |= t0.elapsed() > Duration::from_millis(2000) && s.frames_out < 200;
     }
