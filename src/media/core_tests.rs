@@ -703,10 +703,9 @@ fn duplicated_datagrams_lose_nothing() {
     assert_eq!(st.demux.cc_errors, 0, "{st:?}");
 }
 
-#[test]
-fn start_hold_is_bounded_in_bytes() {
-    // Audio announced but its config never comes; 4 MiB frames: the hold must end at
-    // MAX_START_HOLD_BYTES, long before 2 s or 240 frames.
+/// A core past its gate that knows the video config and a PMT announcing audio whose config
+/// has not come: a keyframe is held for it.
+fn awaiting_audio_config() -> MediaCore {
     let mut core = MediaCore::new();
     core.avc = Some(AvcConfig {
         record: Bytes::from_static(&[1, 0x64, 0, 0x1F, 0xFF, 0xE1]),
@@ -718,6 +717,14 @@ fn start_hold_is_bounded_in_bytes() {
     });
     core.audio_pid = Some(0x101);
     core.gate_packet = Some(0);
+    core
+}
+
+#[test]
+fn start_hold_is_bounded_in_bytes() {
+    // Audio announced but its config never comes; 4 MiB frames: the hold must end at
+    // MAX_START_HOLD_BYTES, long before 2 s or 240 frames.
+    let mut core = awaiting_audio_config();
     let big = Bytes::from(vec![0u8; 4 << 20]);
     let mut out = Vec::new();
     let mut fed = 0;
@@ -754,17 +761,7 @@ fn start_hold_for_the_audio_config_ends_after_40_ms_of_receive_time() {
     // Regression: a relay started at the consent instant held its first keyframe until the
     // first audio PES came (~80 ms at K = 64 in the benchmark), over the start promise of
     // keyframe + 50 ms. The hold now ends by time, also when no other frame comes.
-    let mut core = MediaCore::new();
-    core.avc = Some(AvcConfig {
-        record: Bytes::from_static(&[1, 0x64, 0, 0x1F, 0xFF, 0xE1]),
-        width: 1920,
-        height: 1080,
-        profile_idc: 100,
-        level_idc: 31,
-        frame_rate: None,
-    });
-    core.audio_pid = Some(0x101);
-    core.gate_packet = Some(0);
+    let mut core = awaiting_audio_config();
     let t0 = 5_000_000_000u64;
     let held = Held {
         first_packet: 1,
