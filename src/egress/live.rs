@@ -105,6 +105,9 @@ impl Wire {
 
     /// Queues RTMP bytes for writing (nothing is written yet).
     pub(crate) fn enqueue(&mut self, b: Bytes, stats: &EgressStats) -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
         match &mut self.tls {
             None => self.pending.push_back(b),
             Some(c) => {
@@ -174,14 +177,6 @@ impl Wire {
                     n = 0;
                 }
             }
-            while self
-                .pending
-                .front()
-                .is_some_and(|b| b.len() == self.pending_off)
-            {
-                self.pending.pop_front();
-                self.pending_off = 0;
-            }
         }
         Ok(true)
     }
@@ -189,15 +184,9 @@ impl Wire {
     /// Plaintext rustls already decrypted (read with the publish answer, before the wire was
     /// made): the session must see it now, the socket will not become readable for it.
     pub(crate) fn take_buffered(&mut self, out: &mut Vec<u8>) {
-        let Some(c) = &mut self.tls else {
-            return;
-        };
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = c.reader().read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
+        if let Some(c) = &mut self.tls {
+            // A close or an error here shows again at the socket's next read.
+            let _ = read_plaintext(c, out);
         }
     }
 
@@ -206,9 +195,9 @@ impl Wire {
     /// read at the next wake-up, the socket stays readable). `Ok(false)`: the server closed
     /// the connection.
     pub(crate) fn read_available(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
-        let mut buf = [0u8; 8192];
         match &mut self.tls {
             None => loop {
+                let mut buf = [0u8; 8192];
                 if out.len() >= READ_PER_WAKE {
                     return Ok(true);
                 }
@@ -231,21 +220,25 @@ impl Wire {
                 };
                 c.process_new_packets()
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                loop {
-                    match c.reader().read(&mut buf) {
-                        Ok(0) => return Ok(false), // close_notify
-                        Ok(n) => out.extend_from_slice(&buf[..n]),
-                        Err(e) if would_block(&e) => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                            return Ok(false);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                if eof {
+                if !read_plaintext(c, out)? || eof {
                     return Ok(false);
                 }
             },
+        }
+    }
+}
+
+/// Moves the plaintext rustls holds into `out`. `Ok(false)`: the server closed the TLS
+/// session (close_notify, or the connection ended without it).
+fn read_plaintext(c: &mut rustls::ClientConnection, out: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match c.reader().read(&mut buf) {
+            Ok(0) => return Ok(false), // close_notify
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if would_block(&e) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -609,8 +609,7 @@ impl Driver {
                 return (Err(e), Duration::ZERO);
             }
             // The newest headers go first (a reconnect's frames need them).
-            let cached: Vec<MediaFrame> = st.headers.all().cloned().collect();
-            for f in &cached {
+            for f in st.headers.all() {
                 if let Err(e) = wire
                     .session
                     .send_frame(f)
