@@ -307,3 +307,63 @@ fn removing_one_socket_leaves_the_others_receiving() {
         h.stop();
     }
 }
+
+/// Records, per `on_batch_end`, how many datagrams came since the previous one; stalls the
+/// ingest thread in its first datagram so the next ones pile up into one large batch.
+#[derive(Clone, Default)]
+struct Runs {
+    got: Arc<Mutex<(usize, usize, Vec<usize>)>>,
+}
+
+impl DatagramSink for Runs {
+    fn on_datagram(&mut self, _data: &[u8], _rx_ns: u64) {
+        let first = {
+            let mut g = self.got.lock().expect("lock");
+            g.0 += 1;
+            g.1 += 1;
+            g.0 == 1
+        };
+        if first {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fn on_batch_end(&mut self, _now_ns: u64) {
+        let mut g = self.got.lock().expect("lock");
+        let run = std::mem::take(&mut g.1);
+        if run > 0 {
+            g.2.push(run);
+        }
+    }
+}
+
+/// Regression (latency at 256 streams): a frame completed early in a large batch used to wait
+/// until the whole batch was parsed; sinks now get `on_batch_end` every few completions.
+#[test]
+fn a_large_batch_is_handed_on_in_parts() {
+    let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
+    cfg.mode = IngestMode::Uring;
+    let sink = Runs::default();
+    let h = ingest::start(&cfg, sink.clone()).expect("start ingest");
+    assert_eq!(h.backend(), Backend::Uring);
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    tx.send_to(&payload(0, 188), h.local_addr()).expect("send");
+    std::thread::sleep(Duration::from_millis(10));
+    // The ingest thread sleeps in the first datagram: these queue up for one batch.
+    for i in 1..=60 {
+        tx.send_to(&payload(i, 188), h.local_addr()).expect("send");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.got.lock().expect("lock").0 < 61 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let (n, _, runs) = sink.got.lock().expect("lock").clone();
+    assert_eq!(n, 61, "datagrams lost");
+    let longest = runs.iter().copied().max().unwrap_or(0);
+    assert!(
+        longest <= 8,
+        "{longest} datagrams handled before the sink was flushed (runs {runs:?})"
+    );
+    assert!(runs.len() >= 61 / 8, "runs {runs:?}");
+    h.stop();
+}

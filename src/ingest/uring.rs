@@ -2,11 +2,12 @@
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
 //! place and give the buffer back to the pool. Completions are handled in batches while
-//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.25 ms) has
+//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.12 ms) has
 //! passed, for at least one (kernel ≥ 6.12; older kernels linger the same time), so with many
-//! streams it wakes about once per quarter millisecond instead of once per datagram; after a wait
-//! that brought a single completion it waits plainly for the next. Each sink gets
-//! `on_batch_end` once per batch in which it received something.
+//! streams it wakes at most about 8000 times a second instead of once per datagram; after a
+//! wait that brought a single completion it waits plainly for the next. Each sink gets
+//! `on_batch_end` after every 8 completions of a batch in which it received something, so a
+//! frame completed early in a large batch is not held until the whole batch is parsed.
 //!
 //! Sockets are added and removed by commands from other threads (an eventfd read on the ring
 //! wakes the thread). Removing a socket cancels its multishot and waits for the final
@@ -49,9 +50,9 @@ const CQ_ENTRIES: u32 = 2 * RING_ENTRIES as u32;
 const SQ_ENTRIES: u32 = 256;
 /// How long a wait collects completions before returning with what it has (default; the
 /// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks). Was
-/// 500 µs: 250 µs measured lower latency at every K and less CPU at K = 64–128 (A/B in
-/// docs/performance.md).
-pub const BATCH_WAIT_US: u32 = 250;
+/// 500 µs, then 250 µs: each step measured lower latency (A/B in docs/performance.md); CPU
+/// per stream did not move beyond run-to-run noise.
+pub const BATCH_WAIT_US: u32 = 120;
 /// Longest a removal waits for the socket's final completion.
 const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -73,6 +74,9 @@ fn set_nice(nice: i64) {
 }
 /// Enough completions to return before `BATCH_WAIT_US` (a burst).
 const BATCH_WANT: usize = 4096;
+/// Completions handled before the sinks that received get `on_batch_end` (a large batch is
+/// handed on in parts: latency at 256 streams).
+const FLUSH_EVERY: usize = 8;
 /// The longest wait without completions: sinks get `on_batch_end` at least this often.
 const IDLE_TICK_NS: u64 = 100_000_000;
 
@@ -752,6 +756,11 @@ impl Receiver {
             if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                 self.bufs.provide(bid);
             }
+            // A frame completed early in a large batch is handed on now, not after the
+            // whole batch was parsed (with hundreds of streams that is ~0.3 ms later).
+            if n % FLUSH_EVERY == 0 {
+                flush_touched(&mut self.slots, &mut self.touched, now);
+            }
         }
         drop(cq);
         self.bufs.publish();
@@ -767,12 +776,7 @@ impl Receiver {
     /// `on_batch_end` for every sink that received in this batch, and for all of them every
     /// `IDLE_TICK_NS`.
     fn end_batch(&mut self, now: u64) {
-        for idx in self.touched.drain(..) {
-            if let Some(Some(s)) = self.slots.get_mut(idx) {
-                s.touched = false;
-                s.sink.on_batch_end(now);
-            }
-        }
+        flush_touched(&mut self.slots, &mut self.touched, now);
         if now.saturating_sub(self.last_tick_ns) >= IDLE_TICK_NS {
             self.last_tick_ns = now;
             for s in self.slots.iter_mut().flatten() {
@@ -810,6 +814,16 @@ impl Receiver {
         }
         if !self.wake_armed {
             self.arm_wake();
+        }
+    }
+}
+
+/// `on_batch_end` for every sink that received since the last call.
+fn flush_touched(slots: &mut [Option<Slot>], touched: &mut Vec<usize>, now: u64) {
+    for idx in touched.drain(..) {
+        if let Some(Some(s)) = slots.get_mut(idx) {
+            s.touched = false;
+            s.sink.on_batch_end(now);
         }
     }
 }
