@@ -1,13 +1,15 @@
 //! The shared io_uring receiver: one thread, one ring and one provided-buffer pool serve every
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
-//! place and give the buffer back to the pool. Completions are handled in batches while
-//! traffic is dense: the thread waits for many completions or, once `min_wait` (0.12 ms) has
-//! passed, for at least one (kernel ≥ 6.12; older kernels linger the same time), so with many
-//! streams it wakes at most about 8000 times a second instead of once per datagram; after a
-//! wait that brought a single completion it waits plainly for the next. Each sink gets
-//! `on_batch_end` after every 8 completions of a batch in which it received something, so a
-//! frame completed early in a large batch is not held until the whole batch is parsed.
+//! place and give the buffer back to the pool. The thread waits for the next completion and
+//! handles everything that completed by then (with many streams a wait brings many); sinks get
+//! `on_batch_end` after every 8 completions in which they received something, so a frame
+//! completed early in a large batch is not held until the whole batch is parsed.
+//!
+//! No batch timer by default: waiting a minimum time for more completions (`min_wait`, or a
+//! timeout on older kernels) measured more CPU per stream on this class of machine (2-core VM:
+//! each timer costs more than the wake-ups it saves) and more latency. The environment variable
+//! `ONAIR_INGEST_BATCH_US` (0–5000) turns it on for benchmarks.
 //!
 //! Sockets are added and removed by commands from other threads (an eventfd read on the ring
 //! wakes the thread). Removing a socket cancels its multishot and waits for the final
@@ -48,11 +50,11 @@ const CHUNK: usize = 64;
 /// read); the kernel ends every multishot that posts while the queue overflows.
 const CQ_ENTRIES: u32 = 2 * RING_ENTRIES as u32;
 const SQ_ENTRIES: u32 = 256;
-/// How long a wait collects completions before returning with what it has (default; the
-/// environment variable `ONAIR_INGEST_BATCH_US`, 0–5000, overrides it for benchmarks). Was
-/// 500 µs, then 250 µs: each step measured lower latency (A/B in docs/performance.md); CPU
-/// per stream did not move beyond run-to-run noise.
-pub const BATCH_WAIT_US: u32 = 120;
+/// How long a wait collects completions before returning with what it has, while traffic is
+/// dense (0: no batch wait). Was 500 µs, then 250 µs, then 120 µs: each step measured lower
+/// latency, and none (0) measured less CPU per stream at K = 16, 64 and 256 and lower latency
+/// (A/B in docs/performance.md).
+pub const BATCH_WAIT_US: u32 = 0;
 /// Longest a removal waits for the socket's final completion.
 const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
