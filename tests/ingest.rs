@@ -98,11 +98,67 @@ fn auto_prefers_io_uring_here() {
     h.stop();
 }
 
+/// Holds the ingest thread up for 100 ms in its first datagram.
+struct StallFirst {
+    inner: Collect,
+    stalled: bool,
+}
+
+impl DatagramSink for StallFirst {
+    fn on_datagram(&mut self, data: &[u8], rx_ns: u64) {
+        self.inner.on_datagram(data, rx_ns);
+        if !std::mem::replace(&mut self.stalled, true) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs [`multishot_rearm_in_batch_mode`] in a process of its own with a 5 ms batch wait: the
+/// receiver is shared per process and reads its batch wait once. (Without a batch wait the
+/// thread hands buffers back faster than the kernel's multishot takes them, ≤ 32 per run, from
+/// a pool of ≥ 64, so ENOBUFS does not happen.)
 #[test]
 fn multishot_is_rearmed_when_buffers_run_out() {
-    // 4 buffers and an unpaced burst: the kernel ends the multishot with ENOBUFS; the receiver
-    // must re-arm and keep receiving (some datagrams of the burst are lost, by design).
-    let (sink, h) = roundtrip(IngestMode::Uring, Backend::Uring, 4, 20_000, false);
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "multishot_rearm_in_batch_mode",
+            "--test-threads=1",
+        ])
+        .env("ONAIR_INGEST_BATCH_US", "5000")
+        .output()
+        .expect("run the test binary");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by multishot_is_rearmed_when_buffers_run_out in its own process"]
+fn multishot_rearm_in_batch_mode() {
+    // 4 buffers and an unpaced burst while the ingest thread is held up in the first datagram:
+    // the kernel ends the multishot with ENOBUFS; the receiver must re-arm and keep receiving
+    // (some datagrams of the burst are lost, by design).
+    let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
+    cfg.mode = IngestMode::Uring;
+    cfg.uring_buffers = 4;
+    let sink = Collect::default();
+    let stall = StallFirst {
+        inner: sink.clone(),
+        stalled: false,
+    };
+    let h = ingest::start(&cfg, stall).expect("start ingest");
+    assert_eq!(h.backend(), Backend::Uring);
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    for i in 0..20_000 {
+        tx.send_to(&payload(i, 188 * (1 + (i as usize % 7))), h.local_addr())
+            .expect("send");
+    }
     // Let what is left of the burst in the socket queue drain: the count stops moving. (A fixed
     // 300 ms was not always enough on a loaded machine, the shared receiver serving other tests.)
     let mut before = sink.0.lock().expect("lock").len();
