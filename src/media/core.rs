@@ -148,6 +148,8 @@ impl SplitAu {
 pub struct MediaCore {
     unwrapper: Unwrapper,
     dedup: super::dedup::DupFilter,
+    /// Off: repeated datagrams are not looked for ([`MediaCore::set_dedup`]).
+    dedup_off: bool,
     demux: Demuxer,
     events: Vec<DemuxEvent>,
     adts: Vec<AdtsFrame>,
@@ -211,6 +213,14 @@ impl MediaCore {
         self.held.iter().map(|h| h.frame.data.len()).sum()
     }
 
+    /// Turns the repeated-datagram filter ([`super::dedup`]) on (the default) or off. Its unit
+    /// is the datagram, so the same packets cut into other datagrams are filtered differently:
+    /// the fuzz target that checks datagram boundaries carry no meaning turns it off for the
+    /// packet-by-packet replay.
+    pub fn set_dedup(&mut self, on: bool) {
+        self.dedup_off = !on;
+    }
+
     /// Pushes one UDP datagram (plain TS or RTP/TS). Frames are appended to `out`.
     pub fn push_datagram(&mut self, datagram: &[u8], rx_ns: u64, out: &mut Vec<MediaFrame>) {
         self.stats.datagrams += 1;
@@ -218,7 +228,7 @@ impl MediaCore {
             self.stats.bad_datagrams += 1;
             return;
         };
-        if self.dedup.is_repeat(ts) {
+        if !self.dedup_off && self.dedup.is_repeat(ts) {
             self.stats.duplicate_datagrams += 1;
             return;
         }

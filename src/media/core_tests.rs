@@ -703,6 +703,24 @@ fn duplicated_datagrams_lose_nothing() {
     assert_eq!(st.demux.cc_errors, 0, "{st:?}");
 }
 
+#[test]
+fn with_the_repeat_filter_off_repeats_reach_the_demuxer() {
+    // Used by the ts_demux fuzz target's packet-by-packet replay.
+    let mut core = MediaCore::new();
+    core.set_dedup(false);
+    let mut out = Vec::new();
+    let d = &FFMPEG_HIGH[..7 * 188];
+    core.push_datagram(d, 0, &mut out);
+    core.push_datagram(d, 1_000_000, &mut out);
+    let st = core.stats();
+    assert_eq!(st.duplicate_datagrams, 0, "{st:?}");
+    assert_eq!(st.demux.packets, 14, "{st:?}");
+    assert!(
+        st.demux.cc_errors > 0,
+        "a repeated datagram steps the counters back: {st:?}"
+    );
+}
+
 /// A core past its gate that knows the video config and a PMT announcing audio whose config
 /// has not come: a keyframe is held for it.
 fn awaiting_audio_config() -> MediaCore {
