@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::ingest::{self, DatagramSink, IngestConfig, IngestHandle};
 use crate::media::core::{CoreStats, MediaCore, MediaFrame};
 
-/// The ingest thread's sink: runs the media core, fans frames out once per receive batch.
+/// The ingest thread's sink: runs the media core, fans frames out when the ingest hands it on
+/// (`on_batch_end`).
 struct CoreSink {
     core: MediaCore,
     frames: Vec<MediaFrame>,

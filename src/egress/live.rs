@@ -1,6 +1,6 @@
 //! The live write path: once the ingest accepted the publish, frames are serialized and written
-//! to the socket by whichever thread has them, normally the ingest thread at the end of a
-//! receive batch, with non-blocking writes and without waking the egress task.
+//! to the socket by whichever thread has them, normally the ingest thread when it hands the
+//! relay on (`on_batch_end`), with non-blocking writes and without waking the egress task.
 //!
 //! The egress task (the tokio driver in `mod.rs`) keeps what needs waiting: the server's
 //! messages, a socket that would block (it waits until the socket is writable, then drains the
@@ -12,7 +12,7 @@
 //!   blocked it leaves the frames queued, and the task, which un-blocks under the same lock,
 //!   drains the queue right after;
 //! - whoever hits "would block" or an error first tells the task (one notify), never the
-//!   other way round: a socket that takes everything costs the ingest one `writev` per batch;
+//!   other way round: a socket that takes everything costs the ingest one `writev` per hand-on;
 //! - a stopped egress has no [`Wire`]: after [`super::EgressHandle::stop`] returns nothing
 //!   more is written.
 

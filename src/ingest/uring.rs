@@ -2,9 +2,9 @@
 //! io_uring ingest socket of the process. Each socket has one multishot `recvmsg`; the kernel
 //! picks a buffer of the shared pool per datagram; we hand its payload to that socket's sink in
 //! place and give the buffer back to the pool. The thread waits for the next completion and
-//! handles everything that completed by then (with many streams a wait brings many); sinks get
-//! `on_batch_end` after every 8 completions in which they received something, so a frame
-//! completed early in a large batch is not held until the whole batch is parsed.
+//! handles everything that completed by then (with many streams a wait brings many); sinks that
+//! received get `on_batch_end` after every 8 datagram completions and at the end of the batch,
+//! so a frame completed early in a large batch is not held until the whole batch is parsed.
 //!
 //! No batch timer by default: waiting a minimum time for more completions (`min_wait`, or a
 //! timeout on older kernels) measured more CPU per stream on this class of machine (2-core VM:
@@ -74,10 +74,10 @@ fn set_nice(nice: i64) {
         tracing::debug!(error = %std::io::Error::last_os_error(), "ingest: nice not set");
     }
 }
-/// Enough completions to return before `BATCH_WAIT_US` (a burst).
+/// With a batch wait: enough completions to return before it has passed (a burst).
 const BATCH_WANT: usize = 4096;
-/// Completions handled before the sinks that received get `on_batch_end` (a large batch is
-/// handed on in parts: latency at 256 streams).
+/// Datagram completions handled before the sinks that received get `on_batch_end` (a large
+/// batch is handed on in parts: latency at 256 streams).
 const FLUSH_EVERY: usize = 8;
 /// The longest wait without completions: sinks get `on_batch_end` at least this often.
 const IDLE_TICK_NS: u64 = 100_000_000;
@@ -398,7 +398,7 @@ struct Slot {
     failed_arms: u32,
     /// When a socket that keeps failing may be re-armed.
     retry_at_ns: u64,
-    /// Got a datagram in the current batch.
+    /// Got a datagram since its sink was last handed on (`on_batch_end`).
     touched: bool,
     /// Being removed: the caller waits for this.
     removing: Option<mpsc::SyncSender<()>>,
@@ -423,7 +423,8 @@ struct Receiver {
     /// The kernel supports `min_wait` (6.12).
     min_wait: bool,
     batch_us: u32,
-    /// The last wait returned more than one completion: the next one batches.
+    /// With a batch wait only: the last wait returned more than one completion, the next one
+    /// batches.
     busy: bool,
     /// Consecutive failed waits (logged at powers of two).
     wait_failures: u64,
@@ -545,10 +546,10 @@ impl Receiver {
             let now = monotonic_ns();
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             let n = self.reap(now);
-            // Batch only while traffic is dense: a wait that returned a single completion
-            // (one sparse stream) is followed by a plain wait for the next one, which costs no
-            // timer and adds no latency.
-            self.busy = n > 1;
+            // With a batch wait (ONAIR_INGEST_BATCH_US > 0 only): batch only while traffic is
+            // dense; a wait that returned a single completion (one sparse stream) is followed
+            // by a plain wait for the next one.
+            self.busy = self.batch_us > 0 && n > 1;
             self.end_batch(now);
             self.resubmit(now);
         }
@@ -569,9 +570,10 @@ impl Receiver {
         }
     }
 
-    /// Waits for a batch when traffic is dense: many completions, or once the batch wait has
-    /// passed at least one (older kernels: whatever came within the batch wait); otherwise for
-    /// the next completion. At most `IDLE_TICK_NS` without any.
+    /// Waits for the next completion, at most `IDLE_TICK_NS`. With a batch wait
+    /// (`ONAIR_INGEST_BATCH_US` > 0, benchmarks only) and dense traffic: for many completions,
+    /// or once the batch wait has passed at least one (older kernels: whatever came within the
+    /// batch wait).
     fn wait(&mut self) {
         // Up to the next idle tick (not a full tick from now: wake-ups that bring nothing
         // must not push the tick, and with it the idle flush, back).
@@ -579,11 +581,10 @@ impl Receiver {
             .saturating_sub(monotonic_ns())
             .clamp(1_000_000, IDLE_TICK_NS);
         let idle = Timespec::new().nsec(to_tick as u32);
-        let batch = Timespec::new().nsec(self.batch_us * 1000);
         let submitter = self.ring.submitter();
         let r = if self.slots.iter().all(Option::is_none) {
             submitter.submit_and_wait(1)
-        } else if self.batch_us == 0 || !self.busy {
+        } else if !self.busy {
             submitter.submit_with_args(1, &SubmitArgs::new().timespec(&idle))
         } else if self.min_wait {
             let args = SubmitArgs::new()
@@ -591,6 +592,7 @@ impl Receiver {
                 .min_wait_usec(self.batch_us);
             submitter.submit_with_args(BATCH_WANT, &args)
         } else {
+            let batch = Timespec::new().nsec(self.batch_us * 1000);
             submitter.submit_with_args(BATCH_WANT, &SubmitArgs::new().timespec(&batch))
         };
         match r {
@@ -713,6 +715,8 @@ impl Receiver {
     /// Handles every completion; returns how many there were.
     fn reap(&mut self, now: u64) -> usize {
         let mut n = 0;
+        // Datagram completions of live sockets since the sinks were last handed on.
+        let mut handed = 0;
         let mut finished = Vec::new();
         let mut cq = self.ring.completion();
         cq.sync();
@@ -752,6 +756,7 @@ impl Receiver {
                     if done {
                         finished.push(idx);
                     }
+                    handed += 1;
                 }
                 _ => {}
             }
@@ -760,7 +765,9 @@ impl Receiver {
             }
             // A frame completed early in a large batch is handed on now, not after the
             // whole batch was parsed (with hundreds of streams that is ~0.3 ms later).
-            if n % FLUSH_EVERY == 0 {
+            // Counted in receive completions (the wake-up read and cancels do not count).
+            if handed == FLUSH_EVERY {
+                handed = 0;
                 flush_touched(&mut self.slots, &mut self.touched, now);
             }
         }
@@ -775,8 +782,8 @@ impl Receiver {
         n
     }
 
-    /// `on_batch_end` for every sink that received in this batch, and for all of them every
-    /// `IDLE_TICK_NS`.
+    /// `on_batch_end` for every sink that received since it was last handed on, and for all of
+    /// them every `IDLE_TICK_NS`.
     fn end_batch(&mut self, now: u64) {
         flush_touched(&mut self.slots, &mut self.touched, now);
         if now.saturating_sub(self.last_tick_ns) >= IDLE_TICK_NS {

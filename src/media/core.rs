@@ -239,7 +239,7 @@ impl MediaCore {
         self.drain_events(rx_ns, out);
     }
 
-    /// Time passes (the relay calls this after every receive batch): ends a start hold that
+    /// Time passes (the relay calls this whenever the ingest hands it on): ends a start hold that
     /// has waited [`MAX_START_HOLD_NS`] for the audio config.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<MediaFrame>) {
         if !self.started
