@@ -114,9 +114,10 @@ impl DatagramSink for StallFirst {
 }
 
 /// Runs [`multishot_rearm_in_batch_mode`] in a process of its own with a 5 ms batch wait: the
-/// receiver is shared per process and reads its batch wait once. (Without a batch wait the
-/// thread hands buffers back faster than the kernel's multishot takes them, ≤ 32 per run, from
-/// a pool of ≥ 64, so ENOBUFS does not happen.)
+/// receiver is shared per process and reads its batch wait once. (Without a batch wait, the
+/// default, the thread hands buffers back faster than the kernel's multishot takes them — at
+/// most 32 datagrams per receive run, at most 20 runs per ring entry — from a pool of ≥ 64,
+/// so ENOBUFS does not happen here; the re-arm path is exercised with the 5 ms wait.)
 #[test]
 fn multishot_is_rearmed_when_buffers_run_out() {
     let exe = std::env::current_exe().expect("test binary");
@@ -132,7 +133,7 @@ fn multishot_is_rearmed_when_buffers_run_out() {
         .expect("run the test binary");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("1 passed"),
+        out.status.success() && text.contains("test multishot_rearm_in_batch_mode ... ok"),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -144,6 +145,10 @@ fn multishot_rearm_in_batch_mode() {
     // 4 buffers and an unpaced burst while the ingest thread is held up in the first datagram:
     // the kernel ends the multishot with ENOBUFS; the receiver must re-arm and keep receiving
     // (some datagrams of the burst are lost, by design).
+    if std::env::var_os("ONAIR_INGEST_BATCH_US").is_none() {
+        // Run alone (`--ignored`) without the batch wait: nothing to check here.
+        return;
+    }
     let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
     cfg.mode = IngestMode::Uring;
     cfg.uring_buffers = 4;
@@ -368,7 +373,8 @@ fn removing_one_socket_leaves_the_others_receiving() {
 /// ingest thread in its first datagram so the next ones pile up into one large batch.
 #[derive(Clone, Default)]
 struct Runs {
-    got: Arc<Mutex<(usize, usize, Vec<usize>)>>,
+    /// (datagrams, since the last on_batch_end, runs as (datagrams, now_ns of the batch)).
+    got: Arc<Mutex<(usize, usize, Vec<(usize, u64)>)>>,
 }
 
 impl DatagramSink for Runs {
@@ -383,11 +389,11 @@ impl DatagramSink for Runs {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    fn on_batch_end(&mut self, _now_ns: u64) {
+    fn on_batch_end(&mut self, now_ns: u64) {
         let mut g = self.got.lock().expect("lock");
         let run = std::mem::take(&mut g.1);
         if run > 0 {
-            g.2.push(run);
+            g.2.push((run, now_ns));
         }
     }
 }
@@ -415,11 +421,15 @@ fn a_large_batch_is_handed_on_in_parts() {
     std::thread::sleep(Duration::from_millis(50));
     let (n, _, runs) = sink.got.lock().expect("lock").clone();
     assert_eq!(n, 61, "datagrams lost");
-    let longest = runs.iter().copied().max().unwrap_or(0);
+    let longest = runs.iter().map(|r| r.0).max().unwrap_or(0);
     assert!(
         longest <= 8,
         "{longest} datagrams handled before the sink was flushed (runs {runs:?})"
     );
     assert!(runs.len() >= 61 / 8, "runs {runs:?}");
+    // `now_ns` is read once per wake-up: two runs with the same one prove a batch was split
+    // (the test is not passing only because the kernel delivered small batches).
+    let split = runs.windows(2).any(|w| w[0].1 == w[1].1);
+    assert!(split, "no batch was handed on in parts (runs {runs:?})");
     h.stop();
 }
