@@ -543,8 +543,13 @@ async fn silent_peer_is_closed_after_the_idle_timeout() {
         closed_within(&mut s, WAIT)
     });
     assert!(closed.await.expect("join"));
-    let stats = wait(&h, "timeout", |s| s.closed_timeout == 1).await;
-    assert_eq!(stats.connections_active, 0);
+    // The timeout is counted before the connection's task ends and stops counting itself
+    // active: wait for both (asserting the second right after the first raced).
+    let stats = wait(&h, "timeout", |s| {
+        s.closed_timeout == 1 && s.connections_active == 0
+    })
+    .await;
+    assert_eq!(stats.closed_timeout, 1);
     h.stop().await;
 }
 
