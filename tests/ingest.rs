@@ -371,10 +371,12 @@ fn removing_one_socket_leaves_the_others_receiving() {
 
 /// Records, per `on_batch_end`, how many datagrams came since the previous one; stalls the
 /// ingest thread in its first datagram so the next ones pile up into one large batch.
+/// (datagrams, datagrams since the last on_batch_end, runs as (datagrams, now_ns)).
+type RunLog = (usize, usize, Vec<(usize, u64)>);
+
 #[derive(Clone, Default)]
 struct Runs {
-    /// (datagrams, since the last on_batch_end, runs as (datagrams, now_ns of the batch)).
-    got: Arc<Mutex<(usize, usize, Vec<(usize, u64)>)>>,
+    got: Arc<Mutex<RunLog>>,
 }
 
 impl DatagramSink for Runs {
