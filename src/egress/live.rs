@@ -105,18 +105,39 @@ impl Wire {
 
     /// Queues RTMP bytes for writing (nothing is written yet).
     pub(crate) fn enqueue(&mut self, b: Bytes, stats: &EgressStats) -> Result<()> {
-        if b.is_empty() {
-            return Ok(());
-        }
+        let mut one = vec![b];
+        self.enqueue_parts(&mut one, stats)
+    }
+
+    /// Queues a list of RTMP pieces (a frame's chunk headers and body slices) for writing,
+    /// emptying `parts`. Plain TCP keeps the pieces (one `writev` sends them); with TLS they
+    /// go to rustls in one call, which copies them into records.
+    pub(crate) fn enqueue_parts(
+        &mut self,
+        parts: &mut Vec<Bytes>,
+        stats: &EgressStats,
+    ) -> Result<()> {
         match &mut self.tls {
-            None => self.pending.push_back(b),
+            None => self
+                .pending
+                .extend(parts.drain(..).filter(|b| !b.is_empty())),
             Some(c) => {
-                c.writer()
-                    .write_all(&b)
-                    .map_err(|e| Error::from_net("TLS write", &e))?;
-                stats
-                    .bytes_sent
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+                let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|b| IoSlice::new(b)).collect();
+                let mut bufs = &mut slices[..];
+                let mut n = 0;
+                while !bufs.is_empty() {
+                    let w = c
+                        .writer()
+                        .write_vectored(bufs)
+                        .map_err(|e| Error::from_net("TLS write", &e))?;
+                    if w == 0 {
+                        crate::bail!(Internal, "TLS write took nothing");
+                    }
+                    n += w;
+                    IoSlice::advance_slices(&mut bufs, w);
+                }
+                stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                parts.clear();
             }
         }
         Ok(())
@@ -252,6 +273,8 @@ pub(crate) struct OutState {
     /// Stopped by the handle: no wire is installed any more.
     pub(crate) stopped: bool,
     batch: Vec<MediaFrame>,
+    /// Serialized pieces of a batch, before they are queued on the wire.
+    parts: Vec<Bytes>,
 }
 
 impl OutState {
@@ -262,6 +285,7 @@ impl OutState {
             meter: BitrateMeter::new(),
             stopped: false,
             batch: Vec::with_capacity(BATCH),
+            parts: Vec::with_capacity(4 * BATCH),
         }
     }
 }
@@ -285,6 +309,7 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
         headers,
         meter,
         batch,
+        parts,
         ..
     } = st;
     let Some(w) = wire.as_mut() else {
@@ -312,10 +337,9 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
                 headers.remember(f);
             }
             for f in batch.iter() {
-                let b = w.session.send_frame(f)?;
-                meter.add(b.len());
-                w.enqueue(b, stats)?;
+                meter.add(w.session.send_frame(f, parts)?);
             }
+            w.enqueue_parts(parts, stats)?;
             stats
                 .frames_out
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);

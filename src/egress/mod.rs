@@ -6,6 +6,7 @@
 //! on a rejected key, certificate or policy.
 
 pub mod backoff;
+pub mod chunk;
 mod live;
 pub mod queue;
 pub mod session;
@@ -609,11 +610,12 @@ impl Driver {
                 return (Err(e), Duration::ZERO);
             }
             // The newest headers go first (a reconnect's frames need them).
+            let mut parts = Vec::new();
             for f in st.headers.all() {
                 if let Err(e) = wire
                     .session
-                    .send_frame(f)
-                    .and_then(|b| wire.enqueue(b, &self.stats))
+                    .send_frame(f, &mut parts)
+                    .and_then(|_| wire.enqueue_parts(&mut parts, &self.stats))
                 {
                     return (Err(e), Duration::ZERO);
                 }

@@ -13,6 +13,7 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 
+use super::chunk::{self, MediaChunker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::media::core::{FrameKind, MediaFrame};
 use crate::media::flv::Metadata;
@@ -47,6 +48,8 @@ pub struct PublishSession {
     tc_url: String,
     key: Secret,
     chunk_size: u32,
+    /// Audio and video chunking (set once publishing): see [`super::chunk`].
+    media: Option<MediaChunker>,
 }
 
 fn rtmp_err(context: &str, e: ClientSessionError) -> Error {
@@ -73,6 +76,7 @@ impl PublishSession {
             tc_url: tc_url.to_string(),
             key,
             chunk_size: chunk_size.clamp(128, 65_536),
+            media: None,
         };
         Ok((s, Bytes::from(c0c1)))
     }
@@ -176,6 +180,8 @@ impl PublishSession {
                 redact(&description, &self.key)
             )),
             ClientSessionEvent::PublishRequestAccepted => {
+                let stream_id = self.publish_stream_id()?;
+                self.media = Some(MediaChunker::new(self.chunk_size, stream_id));
                 self.phase = Phase::Publishing;
                 out.push(Output::Published);
                 Ok(())
@@ -229,30 +235,65 @@ impl PublishSession {
             .collect())
     }
 
-    /// Serializes one media frame. Only valid while publishing.
-    pub fn send_frame(&mut self, f: &MediaFrame) -> Result<Bytes> {
-        let client = match (&mut self.client, self.phase) {
-            (Some(c), Phase::Publishing) => c,
+    /// The message stream the publish runs on. rml_rtmp keeps it private; its serializer
+    /// shows it in the full header of the first audio message, which is made here and never
+    /// sent. Marked droppable, so were rml_rtmp ever to serialize audio again it would start
+    /// with a full header, not one relative to this unsent message.
+    fn publish_stream_id(&mut self) -> Result<u32> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| crate::err!(Internal, "no rtmp session"))?;
+        let r = client
+            .publish_audio_data(Bytes::from_static(&[0]), RtmpTimestamp::new(0), true)
+            .map_err(|e| rtmp_err("rtmp publish", e))?;
+        match r {
+            ClientSessionResult::OutboundResponse(p)
+                if p.bytes.len() >= 12 && p.bytes[0] == 0x05 =>
+            {
+                let id: [u8; 4] = p.bytes[8..12].try_into().unwrap_or_default();
+                Ok(u32::from_le_bytes(id))
+            }
+            _ => crate::bail!(
+                Internal,
+                "rtmp session: no message stream id for the publish"
+            ),
+        }
+    }
+
+    /// Serializes one media frame, appending its pieces (in wire order) to `out`; returns how
+    /// many bytes they hold. Audio and video bodies are not copied (see [`super::chunk`]).
+    /// Only valid while publishing.
+    pub fn send_frame(&mut self, f: &MediaFrame, out: &mut Vec<Bytes>) -> Result<usize> {
+        let (client, media) = match (&mut self.client, &mut self.media, self.phase) {
+            (Some(c), Some(m), Phase::Publishing) => (c, m),
             _ => crate::bail!(Internal, "send_frame before the publish was accepted"),
         };
-        let ts = RtmpTimestamp::new(f.ts_ms);
-        let r = match f.kind {
+        let type_id = match f.kind {
             FrameKind::Metadata => {
                 let meta = f.metadata.as_deref().cloned().unwrap_or_default();
-                client.publish_metadata(&stream_metadata(&meta))
+                let r = client
+                    .publish_metadata(&stream_metadata(&meta))
+                    .map_err(|e| rtmp_err("rtmp publish", e))?;
+                return match r {
+                    ClientSessionResult::OutboundResponse(p) => {
+                        let n = p.bytes.len();
+                        out.push(Bytes::from(p.bytes));
+                        Ok(n)
+                    }
+                    _ => crate::bail!(Internal, "rtmp session produced no packet for metadata"),
+                };
             }
-            FrameKind::VideoHeader | FrameKind::Video => {
-                client.publish_video_data(f.body.clone(), ts, f.droppable)
-            }
-            FrameKind::AudioHeader | FrameKind::Audio => {
-                client.publish_audio_data(f.body.clone(), ts, false)
-            }
-        }
-        .map_err(|e| rtmp_err("rtmp publish", e))?;
-        match r {
-            ClientSessionResult::OutboundResponse(p) => Ok(Bytes::from(p.bytes)),
-            _ => crate::bail!(Internal, "rtmp session produced no packet for a frame"),
-        }
+            FrameKind::VideoHeader | FrameKind::Video => chunk::VIDEO,
+            FrameKind::AudioHeader | FrameKind::Audio => chunk::AUDIO,
+        };
+        media.push(type_id, f.ts_ms, &f.body, out).ok_or_else(|| {
+            crate::err!(
+                Internal,
+                "frame of {} bytes is too long for RTMP",
+                f.body.len()
+            )
+        })
     }
 }
 
@@ -382,7 +423,7 @@ mod tests {
             droppable: false,
             rx_ns: 0,
         };
-        assert!(s.send_frame(&f).is_err());
+        assert!(s.send_frame(&f, &mut Vec::new()).is_err());
     }
 
     use rml_rtmp::sessions::{
@@ -395,6 +436,8 @@ mod tests {
         session: Option<ServerSession>,
         published: bool,
         reject: bool,
+        /// Video the server session accepted for the published stream: (timestamp, data).
+        video: Vec<(u32, Vec<u8>)>,
     }
 
     impl Server {
@@ -404,7 +447,14 @@ mod tests {
                 session: None,
                 published: false,
                 reject,
+                video: Vec::new(),
             }
+        }
+
+        /// Feeds bytes the client sent while publishing; returns the video they carried.
+        fn video_frames(&mut self, wire: &[u8]) -> Vec<(u32, Vec<u8>)> {
+            let _ = self.input(wire);
+            std::mem::take(&mut self.video)
         }
 
         fn input(&mut self, bytes: &[u8]) -> Vec<u8> {
@@ -448,6 +498,12 @@ mod tests {
                     ServerSessionResult::OutboundResponse(p) => out.extend(p.bytes),
                     ServerSessionResult::RaisedEvent(ev) => {
                         let id = match ev {
+                            ServerSessionEvent::VideoDataReceived {
+                                data, timestamp, ..
+                            } => {
+                                self.video.push((timestamp.value, data.to_vec()));
+                                continue;
+                            }
                             ServerSessionEvent::ConnectionRequested { request_id, .. } => {
                                 request_id
                             }
@@ -509,11 +565,14 @@ mod tests {
             droppable: false,
             rx_ns: 0,
         };
-        let bytes = c.send_frame(&f).expect("frame");
-        assert!(
-            bytes.ends_with(&f.body),
-            "frame body is the tail of its only chunk"
-        );
+        let mut parts = Vec::new();
+        let n = c.send_frame(&f, &mut parts).expect("frame");
+        assert_eq!(parts.len(), 2, "one header, then the body");
+        assert_eq!(parts[1].as_ptr(), f.body.as_ptr(), "the body is not copied");
+        assert_eq!(n, parts[0].len() + parts[1].len());
+        // The server reads it back as the frame, on the publish's stream.
+        let wire: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(server.video_frames(&wire), vec![(40, f.body.to_vec())]);
     }
 
     #[test]
