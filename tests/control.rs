@@ -549,6 +549,136 @@ async fn without_the_indicator_ack_the_held_relay_never_connects_and_goes_away()
     drop(fabric);
 }
 
+/// Whether something listens on 127.0.0.1:`port` (UDP), read from /proc/net/udp so the check
+/// never takes the port itself.
+fn udp_port_bound(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// A keyframe that arrives while the confirm is being written to disk is not missed: the relay
+/// binds its ingest before the confirm is committed. The commit is made slow here by holding
+/// the store's write lock from outside (as a slow disk would); the fabric starts the clip,
+/// which opens with a keyframe (the next one is 2 s later), while the commit waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
+    let (w, _svc) = world("ctl_confirm_commit_window").await;
+    let (id, _) = new_session(&w, None).await;
+    let db = rusqlite::Connection::open(w.dir.join("data").join(onair::store::DB_FILE))
+        .expect("open the store");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let confirming = {
+        let w_api = w.api.clone();
+        let sub = w.sub.clone();
+        let cid = w.api.state(&w.sub, &id).await["confirm_id"]
+            .as_str()
+            .expect("confirm id")
+            .to_string();
+        let id = id.clone();
+        tokio::spawn(async move {
+            w_api
+                .ok(
+                    "POST",
+                    &format!("/v1/sessions/{id}/confirm"),
+                    &sub,
+                    Some(json!({"confirm_id": cid})),
+                )
+                .await
+        })
+    };
+    // The confirm is being committed (the commit waits for the lock): the ingest is bound.
+    let t0 = Instant::now();
+    while !udp_port_bound(w.ingest_port) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "no relay receiving while the confirm is being committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !confirming.is_finished(),
+        "the confirm did not wait for the store"
+    );
+    let media_start = onair::clock::monotonic_ns();
+    let fabric = Fabric::start(w.api.port, &w.fabric, w.ingest_port);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    let confirmed = confirming.await.expect("confirm task");
+    assert_eq!(confirmed["state"], "starting", "{confirmed}");
+    let live = w
+        .api
+        .wait_state(&w.sub, &id, "live", Duration::from_secs(5))
+        .await;
+    wait_publishes(&w.rx, 1, Duration::from_secs(10)).await;
+    let t0 = Instant::now();
+    let first = loop {
+        let s = w.api.state(&w.sub, &id).await;
+        if let Some(f) = s["stats"]["first_frame_rx_ns"].as_u64() {
+            break f;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no frame sent: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let gate = live["state_detail"]["consent"]["confirmed_mono_ns"]
+        .as_u64()
+        .expect("consent");
+    assert!(
+        gate <= media_start,
+        "the confirm instant is when it was received"
+    );
+    assert!(first >= gate, "a frame from before the confirm was sent");
+    // The clip's first keyframe, sent 500 ms before the commit ended, started the stream
+    // (missing it means the next one, 2 s into the clip).
+    let after_ms = (first - media_start) / 1_000_000;
+    assert!(
+        after_ms < 1000,
+        "the first frame sent was received {after_ms} ms after the media started"
+    );
+    drop(fabric);
+}
+
+/// The ingest bound for a confirm before it is applied goes away when the confirm is refused
+/// (a stale confirm id here); the session still waits, and the right confirm works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_confirm_leaves_no_receiving_relay_behind() {
+    let (w, _svc) = world("ctl_confirm_refused").await;
+    let (id, _) = new_session(&w, None).await;
+    let (status, v) = w
+        .api
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/confirm"),
+            &w.sub,
+            Some(json!({"confirm_id": "not-the-current-one"})),
+        )
+        .await;
+    assert!((400..500).contains(&status), "{status}: {v}");
+    let t0 = Instant::now();
+    while udp_port_bound(w.ingest_port) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the ingest stays bound after a refused confirm"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = w.api.state(&w.sub, &id).await;
+    assert_eq!(s["state"], "awaiting_confirmation", "{s}");
+    let fabric = Fabric::start(w.api.port, &w.fabric, w.ingest_port);
+    confirm(&w, &id).await;
+    w.api
+        .wait_state(&w.sub, &id, "live", Duration::from_secs(5))
+        .await;
+    wait_publishes(&w.rx, 1, Duration::from_secs(10)).await;
+    drop(fabric);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_start_waits_for_the_owners_confirm() {
     let (w, _svc) = world("ctl_scheduled").await;

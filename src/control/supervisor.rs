@@ -204,6 +204,7 @@ pub fn start(store: Store, clocks: Arc<dyn Clocks>, config: SupervisorConfig) ->
         config,
         relays: HashMap::new(),
         held: HashMap::new(),
+        early: None,
         stopping: HashMap::new(),
         next_gen: 0,
         pending_ends: Vec::new(),
@@ -296,6 +297,9 @@ struct Supervisor {
     /// Relays started at a confirm, receiving from its instant on, whose egresses wait for the
     /// fabric's indicator acknowledgement (`StartRelay` releases them); with their gate.
     held: HashMap<SessionId, (u64, Relay)>,
+    /// A relay started for a confirm before the confirm is applied and committed, with its
+    /// gate (see [`Supervisor::receive_before_confirm`]).
+    early: Option<(SessionId, u64, Relay)>,
     /// Relays being stopped in the background (their end is reported later).
     stopping: HashMap<SessionId, u64>,
     next_gen: u64,
@@ -355,11 +359,57 @@ impl Supervisor {
 
     /// Apply → commit (state diff + audit) → publish → effects.
     fn run_command(&mut self, actor: &Actor, cmd: Command) -> Result<Outcome, Refused> {
+        let mono_ns = self.receive_before_confirm(actor, &cmd);
+        let r = self.apply_command(actor, cmd, mono_ns);
+        // A confirm that was refused, or did not start the session: its relay goes.
+        if let Some((_, _, relay)) = self.early.take() {
+            tokio::spawn(relay.abort());
+        }
+        r
+    }
+
+    /// For an owner's confirm of a session awaiting it: takes the confirm instant, then binds
+    /// the relay's ingest at once (egress held), before the confirm is applied and committed.
+    /// A commit waits for the disk (fsync), and a keyframe arriving meanwhile would otherwise
+    /// meet no socket and the stream would start a whole GOP late. The gate is taken first, so
+    /// nothing that arrived before the confirm instant is ever received. Returns the instant
+    /// the command runs at.
+    fn receive_before_confirm(&mut self, actor: &Actor, cmd: &Command) -> u64 {
+        let now = self.clocks.mono_ns();
+        let Command::Confirm { session_id, .. } = cmd else {
+            return now;
+        };
+        let awaiting = self.state.sessions.get(session_id).is_some_and(|s| {
+            matches!(s.state, SessionState::AwaitingConfirmation { .. })
+                && actor.role == Role::Subscriber
+                && actor.subscriber.as_deref() == Some(s.owner.as_str())
+        });
+        if !awaiting || !self.state.entitlement.enabled || self.relays.contains_key(session_id) {
+            return now;
+        }
+        if let Some((_, old)) = self.held.remove(session_id) {
+            tokio::spawn(old.abort());
+        }
+        match self.build_relay(session_id, now, true) {
+            Ok(relay) => self.early = Some((session_id.clone(), now, relay)),
+            Err(e) => {
+                tracing::debug!(session = %session_id, error = %e, "relay could not start before the confirm; trying again after it");
+            }
+        }
+        now
+    }
+
+    fn apply_command(
+        &mut self,
+        actor: &Actor,
+        cmd: Command,
+        mono_ns: u64,
+    ) -> Result<Outcome, Refused> {
         let now_ms = self.clocks.now_ms();
         let mut rng = random_u64;
         let mut env = Env {
             now_ms,
-            mono_ns: self.clocks.mono_ns(),
+            mono_ns,
             rng: &mut rng,
         };
         let mut next = self.state.clone();
@@ -508,6 +558,14 @@ impl Supervisor {
         let gate = consent.confirmed_mono_ns;
         if let Some((_, old)) = self.held.remove(session_id) {
             tokio::spawn(old.abort());
+        }
+        if let Some((id, g, relay)) = self.early.take() {
+            if id == session_id && g == gate {
+                tracing::debug!(session = %session_id, "relay receiving since before the confirm was committed; egress held until the indicator is acknowledged");
+                self.held.insert(id, (g, relay));
+                return;
+            }
+            tokio::spawn(relay.abort());
         }
         match self.build_relay(session_id, gate, true) {
             Ok(relay) => {
