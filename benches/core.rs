@@ -141,7 +141,7 @@ fn benches(c: &mut Criterion) {
             let mut n = 0;
             for p in &video {
                 if let Ok((_, f)) = r.push(black_box(p)) {
-                    n += f.data.len();
+                    n += f.data().len();
                 }
             }
             black_box(n)

@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
                 "config size"
             );
         }
-        let nals = avcc::nals(&frame.data);
+        let nals = avcc::nals(frame.data());
         assert!(!nals.is_empty(), "an accepted unit without NAL units");
         assert!(nals.iter().all(|n| n[0] & 0x1F != 9), "AUD kept in AVCC");
         assert_eq!(

@@ -210,7 +210,7 @@ impl MediaCore {
     }
 
     fn held_bytes(&self) -> usize {
-        self.held.iter().map(|h| h.frame.data.len()).sum()
+        self.held.iter().map(|h| h.frame.data().len()).sum()
     }
 
     /// Turns the repeated-datagram filter ([`super::dedup`]) on (the default) or off. Its unit
@@ -440,14 +440,12 @@ impl MediaCore {
         let m = self
             .timeline
             .map(Track::Video, h.dts_90k, h.pts_90k, h.discontinuity);
-        let mut f = MediaFrame::new(
-            FrameKind::Video,
-            m.dts_ms,
-            flv::avc_frame(h.frame.keyframe, m.cts_ms, &h.frame.data),
-            h.rx_ns,
-        );
+        let mut f = MediaFrame::new(FrameKind::Video, m.dts_ms, Bytes::new(), h.rx_ns);
         f.keyframe = h.frame.keyframe;
-        f.droppable = !h.frame.keyframe && avcc_is_disposable(&h.frame.data);
+        f.droppable = !h.frame.keyframe && avcc_is_disposable(h.frame.data());
+        f.body = h
+            .frame
+            .into_tagged(flv::avc_frame_header(f.keyframe, m.cts_ms));
         self.stats.video_frames += 1;
         self.update_av_offset();
         out.push(f);

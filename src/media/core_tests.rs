@@ -752,10 +752,7 @@ fn start_hold_is_bounded_in_bytes() {
             first_packet: i + 1,
             dts_90k: i * 3_000,
             pts_90k: i * 3_000,
-            frame: AvcFrame {
-                data: big.clone(),
-                keyframe: i == 0,
-            },
+            frame: AvcFrame::from_avcc(&big, i == 0),
             discontinuity: false,
             rx_ns: i * 1_000_000,
         };
@@ -785,10 +782,7 @@ fn start_hold_for_the_audio_config_ends_after_40_ms_of_receive_time() {
         first_packet: 1,
         dts_90k: 0,
         pts_90k: 0,
-        frame: AvcFrame {
-            data: Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]),
-            keyframe: true,
-        },
+        frame: AvcFrame::from_avcc(&[0, 0, 0, 2, 0x65, 0x88], true),
         discontinuity: false,
         rx_ns: t0,
     };

@@ -54,12 +54,40 @@ pub struct AvcConfig {
 }
 
 /// One access unit in AVCC form: each NAL prefixed by its 4-byte big-endian length. AUD NAL
-/// units (type 9) are dropped; SPS/PPS/SEI stay in-band.
+/// units (type 9) are dropped; SPS/PPS/SEI stay in-band. The buffer keeps
+/// [`AvcFrame::HEADROOM`] bytes in front of the AVCC data, so the FLV video tag header is
+/// written there, not copied in front ([`AvcFrame::into_tagged`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AvcFrame {
-    pub data: Bytes,
+    buf: BytesMut,
     /// Contains an IDR slice (nal_unit_type 5).
     pub keyframe: bool,
+}
+
+impl AvcFrame {
+    /// Bytes reserved in front of the AVCC data: an FLV AVC video tag header.
+    pub const HEADROOM: usize = 5;
+
+    /// A frame from AVCC data (copied once, behind the headroom).
+    pub fn from_avcc(avcc: &[u8], keyframe: bool) -> AvcFrame {
+        let mut buf = BytesMut::with_capacity(Self::HEADROOM + avcc.len());
+        buf.put_bytes(0, Self::HEADROOM);
+        buf.put_slice(avcc);
+        AvcFrame { buf, keyframe }
+    }
+
+    /// The AVCC data.
+    pub fn data(&self) -> &[u8] {
+        self.buf.get(Self::HEADROOM..).unwrap_or_default()
+    }
+
+    /// `header` followed by the AVCC data, without copying the data.
+    pub fn into_tagged(mut self, header: [u8; Self::HEADROOM]) -> Bytes {
+        if let Some(h) = self.buf.get_mut(..Self::HEADROOM) {
+            h.copy_from_slice(&header);
+        }
+        self.buf.freeze()
+    }
 }
 
 /// The fields of a sequence parameter set this crate uses (§7.3.2.1.1, §E.1.1).
@@ -146,9 +174,8 @@ impl H264Repacker {
         let pps = summary.pps.clone().and_then(|r| annexb.get(r));
         self.update_parameter_sets(sps, pps)?;
         let config = self.take_config()?;
-        let data = write_avcc(annexb, nals, summary.avcc_len);
         let frame = AvcFrame {
-            data,
+            buf: write_avcc(annexb, nals, summary.avcc_len),
             keyframe: summary.keyframe,
         };
         Ok((config, frame))
@@ -236,8 +263,10 @@ fn summarize(annexb: &[u8], nals: &[Range<usize>]) -> Result<AuSummary, H264Erro
 
 /// Writes the kept NAL units, each behind its 4-byte big-endian length, into one buffer of
 /// exactly `len` bytes.
-fn write_avcc(annexb: &[u8], nals: &[Range<usize>], len: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(len);
+/// The AVCC data behind [`AvcFrame::HEADROOM`] reserved bytes.
+fn write_avcc(annexb: &[u8], nals: &[Range<usize>], len: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(AvcFrame::HEADROOM + len);
+    out.put_bytes(0, AvcFrame::HEADROOM);
     for range in nals {
         let Some(nal) = annexb.get(range.clone()) else {
             continue;
@@ -251,7 +280,7 @@ fn write_avcc(annexb: &[u8], nals: &[Range<usize>], len: usize) -> Bytes {
         out.put_u32(nal_len);
         out.put_slice(nal);
     }
-    out.freeze()
+    out
 }
 
 /// `nal_unit_type` (low 5 bits of the header byte); `None` for an empty slice.

@@ -224,7 +224,7 @@ fn avcc_output_carries_input_nals_without_aud() {
         let mut rp = H264Repacker::new();
         for au in split_aus(g.stream) {
             let (_, frame) = rp.push(au).expect("converts");
-            let got = parse_avcc(&frame.data).expect("lengths chain to the end");
+            let got = parse_avcc(frame.data()).expect("lengths chain to the end");
             let want: Vec<&[u8]> = ref_nals(au)
                 .into_iter()
                 .map(|(_, n)| n)
@@ -318,7 +318,7 @@ fn start_code_forms_and_trailing_zeros() {
         want.extend_from_slice(&(nal.len() as u32).to_be_bytes());
         want.extend_from_slice(nal);
     }
-    assert_eq!(&frame.data[..], &want[..]);
+    assert_eq!(frame.data(), &want[..]);
     assert!(frame.keyframe);
     let cfg = cfg.expect("first parameter sets");
     assert_eq!(&cfg.record[..], HIGH_AVCC);
@@ -493,7 +493,7 @@ fn fuzz_mutated_units_never_panic() {
         let pick = rng.below(pool.len());
         let au = mutate(&mut rng, pool[pick]);
         if let Ok((_, frame)) = rp.push(&au) {
-            assert!(parse_avcc(&frame.data).is_some());
+            assert!(parse_avcc(frame.data()).is_some());
             accepted += 1;
         }
         let pick = rng.below(sps_pool.len());
@@ -524,4 +524,18 @@ proptest::proptest! {
         let want: Vec<&[u8]> = ref_nals(&data).into_iter().map(|(_, n)| n).filter(|n| !n.is_empty()).collect();
         proptest::prop_assert_eq!(got, want);
     }
+}
+
+#[test]
+fn the_flv_header_goes_in_front_of_the_avcc_data_without_a_copy() {
+    let f = AvcFrame::from_avcc(&[0, 0, 0, 2, 0x65, 0x88], true);
+    let data_at = f.data().as_ptr();
+    assert_eq!(f.data(), &[0, 0, 0, 2, 0x65, 0x88]);
+    let tagged = f.into_tagged([0x17, 1, 0, 0, 0]);
+    assert_eq!(&tagged[..], &[0x17, 1, 0, 0, 0, 0, 0, 0, 2, 0x65, 0x88]);
+    assert_eq!(
+        tagged[AvcFrame::HEADROOM..].as_ptr(),
+        data_at,
+        "the data was moved"
+    );
 }
