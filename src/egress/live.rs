@@ -110,37 +110,23 @@ impl Wire {
     }
 
     /// Queues a list of RTMP pieces (a frame's chunk headers and body slices) for writing,
-    /// emptying `parts`. Plain TCP keeps the pieces (one `writev` sends them); with TLS they
-    /// go to rustls in one call, which copies them into records.
+    /// leaving `parts` empty whatever the outcome. Plain TCP keeps the pieces (one `writev`
+    /// sends them); with TLS they go to rustls in one call, which copies them into records.
     pub(crate) fn enqueue_parts(
         &mut self,
         parts: &mut Vec<Bytes>,
         stats: &EgressStats,
     ) -> Result<()> {
-        match &mut self.tls {
-            None => self
-                .pending
-                .extend(parts.drain(..).filter(|b| !b.is_empty())),
-            Some(c) => {
-                let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|b| IoSlice::new(b)).collect();
-                let mut bufs = &mut slices[..];
-                let mut n = 0;
-                while !bufs.is_empty() {
-                    let w = c
-                        .writer()
-                        .write_vectored(bufs)
-                        .map_err(|e| Error::from_net("TLS write", &e))?;
-                    if w == 0 {
-                        crate::bail!(Internal, "TLS write took nothing");
-                    }
-                    n += w;
-                    IoSlice::advance_slices(&mut bufs, w);
-                }
-                stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                parts.clear();
+        let r = match &mut self.tls {
+            None => {
+                self.pending
+                    .extend(parts.drain(..).filter(|b| !b.is_empty()));
+                Ok(())
             }
-        }
-        Ok(())
+            Some(c) => tls_write_all(c, parts, stats),
+        };
+        parts.clear();
+        r
     }
 
     /// Whether bytes wait to be written.
@@ -249,6 +235,34 @@ impl Wire {
     }
 }
 
+/// Hands every piece to rustls (which takes all: its buffer limit is off).
+fn tls_write_all(
+    c: &mut rustls::ClientConnection,
+    parts: &[Bytes],
+    stats: &EgressStats,
+) -> Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut bufs = &mut slices[..];
+    let mut n = 0;
+    while !bufs.is_empty() {
+        let w = c
+            .writer()
+            .write_vectored(bufs)
+            .map_err(|e| Error::from_net("TLS write", &e))?;
+        if w == 0 {
+            crate::bail!(Internal, "TLS write took nothing");
+        }
+        n += w;
+        IoSlice::advance_slices(&mut bufs, w);
+    }
+    stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Moves the plaintext rustls holds into `out`. `Ok(false)`: the server closed the TLS
 /// session (close_notify, or the connection ended without it).
 fn read_plaintext(c: &mut rustls::ClientConnection, out: &mut Vec<u8>) -> std::io::Result<bool> {
@@ -336,9 +350,10 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
             for f in batch.iter() {
                 headers.remember(f);
             }
-            for f in batch.iter() {
-                meter.add(w.session.send_frame(f, parts)?);
-            }
+            // A batch is queued whole or not at all (an error fails the connection; nothing
+            // of it may be left for the next one).
+            parts.clear();
+            meter.add(w.session.send_frames(batch, parts)?);
             w.enqueue_parts(parts, stats)?;
             stats
                 .frames_out

@@ -261,6 +261,23 @@ impl PublishSession {
         }
     }
 
+    /// Serializes frames in order, appending their pieces to `out`; returns how many bytes
+    /// they hold. On an error `out` is as it was: nothing of a failed batch is queued.
+    pub fn send_frames(&mut self, frames: &[MediaFrame], out: &mut Vec<Bytes>) -> Result<usize> {
+        let start = out.len();
+        let mut n = 0;
+        for f in frames {
+            match self.send_frame(f, out) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Serializes one media frame, appending its pieces (in wire order) to `out`; returns how
     /// many bytes they hold. Audio and video bodies are not copied (see [`super::chunk`]).
     /// Only valid while publishing.
@@ -573,6 +590,30 @@ mod tests {
         // The server reads it back as the frame, on the publish's stream.
         let wire: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
         assert_eq!(server.video_frames(&wire), vec![(40, f.body.to_vec())]);
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_nothing_queued() {
+        let mut server = Server::new(false);
+        let (mut c, r) = converse(&mut server);
+        r.expect("published");
+        let frame = |ts_ms, body: Bytes| MediaFrame {
+            kind: FrameKind::Video,
+            ts_ms,
+            body,
+            metadata: None,
+            keyframe: false,
+            droppable: false,
+            rx_ns: 0,
+        };
+        let good = frame(0, Bytes::from_static(&[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41]));
+        let too_long = frame(33, Bytes::from(vec![0u8; super::chunk::MAX_MESSAGE + 1]));
+        let mut out = vec![Bytes::from_static(b"queued before")];
+        let r = c.send_frames(&[good.clone(), too_long], &mut out);
+        assert!(r.is_err());
+        assert_eq!(out, vec![Bytes::from_static(b"queued before")]);
+        let n = c.send_frames(&[good], &mut out).expect("a good batch");
+        assert_eq!(n, out[1..].iter().map(Bytes::len).sum::<usize>());
     }
 
     #[test]
