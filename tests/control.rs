@@ -644,27 +644,62 @@ async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
     drop(fabric);
 }
 
-/// The ingest bound for a confirm before it is applied goes away when the confirm is refused
-/// (a stale confirm id here); the session still waits, and the right confirm works.
+/// Only a confirm that will be accepted binds the ingest before its commit: a refused one (a
+/// stale confirm id) binds nothing. One whose commit fails (the store's write lock held from
+/// outside past the busy timeout) is answered 503, and the relay it bound goes away; the
+/// session still waits, and the next confirm works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_confirm_leaves_no_receiving_relay_behind() {
+async fn a_refused_or_uncommitted_confirm_leaves_no_receiving_relay_behind() {
     let (w, _svc) = world("ctl_confirm_refused").await;
     let (id, _) = new_session(&w, None).await;
+    let path = format!("/v1/sessions/{id}/confirm");
     let (status, v) = w
         .api
         .call(
             "POST",
-            &format!("/v1/sessions/{id}/confirm"),
+            &path,
             &w.sub,
             Some(json!({"confirm_id": "not-the-current-one"})),
         )
         .await;
-    assert!((400..500).contains(&status), "{status}: {v}");
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        !udp_port_bound(w.ingest_port),
+        "a refused confirm bound the ingest"
+    );
+
+    let db = rusqlite::Connection::open(w.dir.join("data").join(onair::store::DB_FILE))
+        .expect("open the store");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let cid = w.api.state(&w.sub, &id).await["confirm_id"]
+        .as_str()
+        .expect("confirm id")
+        .to_string();
+    let confirming = {
+        let (api, sub, path) = (w.api.clone(), w.sub.clone(), path.clone());
+        tokio::spawn(async move {
+            api.call("POST", &path, &sub, Some(json!({"confirm_id": cid})))
+                .await
+        })
+    };
+    let t0 = Instant::now();
+    while !udp_port_bound(w.ingest_port) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the ingest was never bound"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, v) = confirming.await.expect("confirm task");
+    db.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    assert_eq!(status, 503, "the commit could not happen: {v}");
     let t0 = Instant::now();
     while udp_port_bound(w.ingest_port) {
         assert!(
             t0.elapsed() < Duration::from_secs(3),
-            "the ingest stays bound after a refused confirm"
+            "the ingest stays bound after the confirm's commit failed"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -676,6 +711,7 @@ async fn a_refused_confirm_leaves_no_receiving_relay_behind() {
         .wait_state(&w.sub, &id, "live", Duration::from_secs(5))
         .await;
     wait_publishes(&w.rx, 1, Duration::from_secs(10)).await;
+    assert_eq!(w.rx.stats().publishes_accepted, 1);
     drop(fabric);
 }
 

@@ -359,8 +359,10 @@ impl Supervisor {
 
     /// Apply → commit (state diff + audit) → publish → effects.
     fn run_command(&mut self, actor: &Actor, cmd: Command) -> Result<Outcome, Refused> {
-        let mono_ns = self.receive_before_confirm(actor, &cmd);
-        let r = self.apply_command(actor, cmd, mono_ns);
+        let now_ms = self.clocks.now_ms();
+        let mono_ns = self.clocks.mono_ns();
+        self.receive_before_confirm(actor, &cmd, now_ms, mono_ns);
+        let r = self.apply_command(actor, cmd, now_ms, mono_ns);
         // A confirm that was refused, or did not start the session: its relay goes.
         if let Some((_, _, relay)) = self.early.take() {
             tokio::spawn(relay.abort());
@@ -368,44 +370,53 @@ impl Supervisor {
         r
     }
 
-    /// For an owner's confirm of a session awaiting it: takes the confirm instant, then binds
-    /// the relay's ingest at once (egress held), before the confirm is applied and committed.
-    /// A commit waits for the disk (fsync), and a keyframe arriving meanwhile would otherwise
-    /// meet no socket and the stream would start a whole GOP late. The gate is taken first, so
-    /// nothing that arrived before the confirm instant is ever received. Returns the instant
-    /// the command runs at.
-    fn receive_before_confirm(&mut self, actor: &Actor, cmd: &Command) -> u64 {
-        let now = self.clocks.mono_ns();
+    /// For a confirm that will be accepted (tried first on a copy of the state, so a refused
+    /// one binds nothing): binds the relay's ingest at once (egress held), before the confirm
+    /// is applied and committed. A commit waits for the disk (fsync), and a keyframe arriving
+    /// meanwhile would otherwise meet no socket and the stream would start a whole GOP late.
+    /// The confirm instant `mono_ns` was taken before, so nothing that arrived before it is
+    /// ever received.
+    fn receive_before_confirm(&mut self, actor: &Actor, cmd: &Command, now_ms: i64, mono_ns: u64) {
         let Command::Confirm { session_id, .. } = cmd else {
-            return now;
+            return;
         };
-        let awaiting = self.state.sessions.get(session_id).is_some_and(|s| {
-            matches!(s.state, SessionState::AwaitingConfirmation { .. })
-                && actor.role == Role::Subscriber
-                && actor.subscriber.as_deref() == Some(s.owner.as_str())
+        if self.relays.contains_key(session_id) {
+            return;
+        }
+        let mut trial = self.state.clone();
+        let mut rng = random_u64;
+        let mut env = Env {
+            now_ms,
+            mono_ns,
+            rng: &mut rng,
+        };
+        if consent::apply(&mut trial, actor, cmd.clone(), &mut env).is_err() {
+            return;
+        }
+        let starts = trial.sessions.get(session_id).is_some_and(|s| {
+            matches!(&s.state, SessionState::Starting { consent, .. } if consent.confirmed_mono_ns == mono_ns)
         });
-        if !awaiting || !self.state.entitlement.enabled || self.relays.contains_key(session_id) {
-            return now;
+        if !starts {
+            return;
         }
         if let Some((_, old)) = self.held.remove(session_id) {
             tokio::spawn(old.abort());
         }
-        match self.build_relay(session_id, now, true) {
-            Ok(relay) => self.early = Some((session_id.clone(), now, relay)),
+        match self.build_relay(session_id, mono_ns, true) {
+            Ok(relay) => self.early = Some((session_id.clone(), mono_ns, relay)),
             Err(e) => {
                 tracing::debug!(session = %session_id, error = %e, "relay could not start before the confirm; trying again after it");
             }
         }
-        now
     }
 
     fn apply_command(
         &mut self,
         actor: &Actor,
         cmd: Command,
+        now_ms: i64,
         mono_ns: u64,
     ) -> Result<Outcome, Refused> {
-        let now_ms = self.clocks.now_ms();
         let mut rng = random_u64;
         let mut env = Env {
             now_ms,
