@@ -561,6 +561,38 @@ fn udp_port_bound(port: u16) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits up to 3 s until 127.0.0.1:`port` (UDP) is bound (`bound`) or free; fails with `what`.
+async fn wait_udp_port(port: u16, bound: bool, what: &str) {
+    let t0 = Instant::now();
+    while udp_port_bound(port) != bound {
+        assert!(t0.elapsed() < Duration::from_secs(3), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Holds the store's write lock (as a slow or stuck disk would) until rolled back.
+fn lock_store(w: &World) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(w.dir.join("data").join(onair::store::DB_FILE))
+        .expect("open the store");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    db
+}
+
+/// The owner's confirm with the current confirm id, sent in the background.
+async fn spawn_confirm(w: &World, id: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+    let cid = w.api.state(&w.sub, id).await["confirm_id"]
+        .as_str()
+        .expect("confirm id")
+        .to_string();
+    let (api, sub) = (w.api.clone(), w.sub.clone());
+    let path = format!("/v1/sessions/{id}/confirm");
+    tokio::spawn(async move {
+        api.call("POST", &path, &sub, Some(json!({"confirm_id": cid})))
+            .await
+    })
+}
+
 /// A keyframe that arrives while the confirm is being written to disk is not missed: the relay
 /// binds its ingest before the confirm is committed. The commit is made slow here by holding
 /// the store's write lock from outside (as a slow disk would); the fabric starts the clip,
@@ -569,38 +601,15 @@ fn udp_port_bound(port: u16) -> bool {
 async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
     let (w, _svc) = world("ctl_confirm_commit_window").await;
     let (id, _) = new_session(&w, None).await;
-    let db = rusqlite::Connection::open(w.dir.join("data").join(onair::store::DB_FILE))
-        .expect("open the store");
-    db.execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
-    let confirming = {
-        let w_api = w.api.clone();
-        let sub = w.sub.clone();
-        let cid = w.api.state(&w.sub, &id).await["confirm_id"]
-            .as_str()
-            .expect("confirm id")
-            .to_string();
-        let id = id.clone();
-        tokio::spawn(async move {
-            w_api
-                .ok(
-                    "POST",
-                    &format!("/v1/sessions/{id}/confirm"),
-                    &sub,
-                    Some(json!({"confirm_id": cid})),
-                )
-                .await
-        })
-    };
+    let db = lock_store(&w);
+    let confirming = spawn_confirm(&w, &id).await;
     // The confirm is being committed (the commit waits for the lock): the ingest is bound.
-    let t0 = Instant::now();
-    while !udp_port_bound(w.ingest_port) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "no relay receiving while the confirm is being committed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_udp_port(
+        w.ingest_port,
+        true,
+        "no relay receiving while the confirm is being committed",
+    )
+    .await;
     assert!(
         !confirming.is_finished(),
         "the confirm did not wait for the store"
@@ -610,7 +619,8 @@ async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     db.execute_batch("ROLLBACK")
         .expect("release the write lock");
-    let confirmed = confirming.await.expect("confirm task");
+    let (status, confirmed) = confirming.await.expect("confirm task");
+    assert_eq!(status, 200, "{confirmed}");
     assert_eq!(confirmed["state"], "starting", "{confirmed}");
     let live = w
         .api
@@ -652,12 +662,11 @@ async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
 async fn a_refused_or_uncommitted_confirm_leaves_no_receiving_relay_behind() {
     let (w, _svc) = world("ctl_confirm_refused").await;
     let (id, _) = new_session(&w, None).await;
-    let path = format!("/v1/sessions/{id}/confirm");
     let (status, v) = w
         .api
         .call(
             "POST",
-            &path,
+            &format!("/v1/sessions/{id}/confirm"),
             &w.sub,
             Some(json!({"confirm_id": "not-the-current-one"})),
         )
@@ -668,41 +677,19 @@ async fn a_refused_or_uncommitted_confirm_leaves_no_receiving_relay_behind() {
         "a refused confirm bound the ingest"
     );
 
-    let db = rusqlite::Connection::open(w.dir.join("data").join(onair::store::DB_FILE))
-        .expect("open the store");
-    db.execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
-    let cid = w.api.state(&w.sub, &id).await["confirm_id"]
-        .as_str()
-        .expect("confirm id")
-        .to_string();
-    let confirming = {
-        let (api, sub, path) = (w.api.clone(), w.sub.clone(), path.clone());
-        tokio::spawn(async move {
-            api.call("POST", &path, &sub, Some(json!({"confirm_id": cid})))
-                .await
-        })
-    };
-    let t0 = Instant::now();
-    while !udp_port_bound(w.ingest_port) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "the ingest was never bound"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let db = lock_store(&w);
+    let confirming = spawn_confirm(&w, &id).await;
+    wait_udp_port(w.ingest_port, true, "the ingest was never bound").await;
     let (status, v) = confirming.await.expect("confirm task");
     db.execute_batch("ROLLBACK")
         .expect("release the write lock");
     assert_eq!(status, 503, "the commit could not happen: {v}");
-    let t0 = Instant::now();
-    while udp_port_bound(w.ingest_port) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "the ingest stays bound after the confirm's commit failed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_udp_port(
+        w.ingest_port,
+        false,
+        "the ingest stays bound after the confirm's commit failed",
+    )
+    .await;
     let s = w.api.state(&w.sub, &id).await;
     assert_eq!(s["state"], "awaiting_confirmation", "{s}");
     let fabric = Fabric::start(w.api.port, &w.fabric, w.ingest_port);
