@@ -293,20 +293,31 @@ async fn new_session(w: &World, start_at_ms: Option<i64>) -> (String, Value) {
     (s["id"].as_str().expect("id").to_string(), s)
 }
 
-async fn confirm(w: &World, id: &str) -> Value {
-    let s = w.api.state(&w.sub, id).await;
-    let cid = s["confirm_id"]
+/// The confirm id the session's owner sees for its current wait.
+async fn confirm_id(w: &World, id: &str) -> String {
+    w.api.state(&w.sub, id).await["confirm_id"]
         .as_str()
         .expect("awaiting: confirm_id shown to its owner")
-        .to_string();
-    w.api
-        .ok(
-            "POST",
-            &format!("/v1/sessions/{id}/confirm"),
-            &w.sub,
-            Some(json!({"confirm_id": cid})),
-        )
-        .await
+        .to_string()
+}
+
+/// `POST /v1/sessions/{id}/confirm` with `cid`, as `token`: (status, body).
+async fn post_confirm(api: &Api, token: &Secret, id: &str, cid: &str) -> (u16, Value) {
+    api.call(
+        "POST",
+        &format!("/v1/sessions/{id}/confirm"),
+        token,
+        Some(json!({"confirm_id": cid})),
+    )
+    .await
+}
+
+/// The owner's confirm of the current wait; must succeed.
+async fn confirm(w: &World, id: &str) -> Value {
+    let cid = confirm_id(w, id).await;
+    let (status, v) = post_confirm(&w.api, &w.sub, id, &cid).await;
+    assert!((200..300).contains(&status), "confirm → {status}: {v}");
+    v
 }
 
 async fn wait_publishes(rx: &onair::receive::ReceiverHandle, n: u64, limit: Duration) {
@@ -370,15 +381,7 @@ async fn full_flow_confirm_indicator_media_stop() {
     );
     assert_eq!(fabric.shown(), 0);
     // Someone else cannot confirm it (it does not even exist for them).
-    let (status, _) = w
-        .api
-        .call(
-            "POST",
-            &format!("/v1/sessions/{id}/confirm"),
-            &w.admin,
-            Some(json!({"confirm_id": "x"})),
-        )
-        .await;
+    let (status, _) = post_confirm(&w.api, &w.admin, &id, "x").await;
     assert!(status == 403 || status == 404, "{status}");
     confirm(&w, &id).await;
     let live = w
@@ -581,16 +584,9 @@ fn lock_store(w: &World) -> rusqlite::Connection {
 
 /// The owner's confirm with the current confirm id, sent in the background.
 async fn spawn_confirm(w: &World, id: &str) -> tokio::task::JoinHandle<(u16, Value)> {
-    let cid = w.api.state(&w.sub, id).await["confirm_id"]
-        .as_str()
-        .expect("confirm id")
-        .to_string();
-    let (api, sub) = (w.api.clone(), w.sub.clone());
-    let path = format!("/v1/sessions/{id}/confirm");
-    tokio::spawn(async move {
-        api.call("POST", &path, &sub, Some(json!({"confirm_id": cid})))
-            .await
-    })
+    let cid = confirm_id(w, id).await;
+    let (api, sub, id) = (w.api.clone(), w.sub.clone(), id.to_string());
+    tokio::spawn(async move { post_confirm(&api, &sub, &id, &cid).await })
 }
 
 /// A keyframe that arrives while the confirm is being written to disk is not missed: the relay
@@ -662,15 +658,7 @@ async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
 async fn a_refused_or_uncommitted_confirm_leaves_no_receiving_relay_behind() {
     let (w, _svc) = world("ctl_confirm_refused").await;
     let (id, _) = new_session(&w, None).await;
-    let (status, v) = w
-        .api
-        .call(
-            "POST",
-            &format!("/v1/sessions/{id}/confirm"),
-            &w.sub,
-            Some(json!({"confirm_id": "not-the-current-one"})),
-        )
-        .await;
+    let (status, v) = post_confirm(&w.api, &w.sub, &id, "not-the-current-one").await;
     assert_eq!(status, 409, "{v}");
     assert!(
         !udp_port_bound(w.ingest_port),

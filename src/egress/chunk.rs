@@ -127,7 +127,7 @@ mod tests {
 
     /// Reads every message back with rml_rtmp's deserializer (an independent reading of the
     /// chunk format): (type, timestamp, stream id, payload).
-    fn read_back(wire: &[u8], chunk_size: u32) -> Vec<(u8, u32, u32, Vec<u8>)> {
+    fn read_back(wire: &[u8], chunk_size: u32) -> Vec<ReadMsg> {
         let mut d = ChunkDeserializer::new();
         d.set_max_chunk_size(chunk_size as usize)
             .expect("chunk size");
@@ -146,6 +146,33 @@ mod tests {
             input = &[];
         }
         out
+    }
+
+    type Msg = (u8, u32, Bytes);
+
+    /// A message as read back: (type, timestamp, stream id, payload).
+    type ReadMsg = (u8, u32, u32, Vec<u8>);
+
+    /// Chunks `msgs`; checks the returned byte count; returns what reads back, what should
+    /// (the messages on stream `sid`), and the wire bytes.
+    fn round_trip(
+        c: &mut MediaChunker,
+        msgs: &[Msg],
+        cs: u32,
+        sid: u32,
+    ) -> (Vec<ReadMsg>, Vec<ReadMsg>, Vec<u8>) {
+        let mut parts = Vec::new();
+        let mut total = 0;
+        for (t, ts, b) in msgs {
+            total += c.push(*t, *ts, b, &mut parts).expect("fits");
+        }
+        let wire = concat(&parts);
+        assert_eq!(wire.len(), total);
+        let want = msgs
+            .iter()
+            .map(|(t, ts, b)| (*t, *ts, sid, b.to_vec()))
+            .collect();
+        (read_back(&wire, cs), want, wire)
     }
 
     fn body(n: usize, seed: u8) -> Bytes {
@@ -170,18 +197,7 @@ mod tests {
             (VIDEO, 90, body(10, 7)),   // timestamp back: type 0
             (AUDIO, 43, body(128, 8)),  // exactly one chunk
         ];
-        let mut parts = Vec::new();
-        let mut total = 0;
-        for (t, ts, b) in &msgs {
-            total += c.push(*t, *ts, b, &mut parts).expect("fits");
-        }
-        let wire = concat(&parts);
-        assert_eq!(wire.len(), total);
-        let got = read_back(&wire, cs);
-        let want: Vec<_> = msgs
-            .iter()
-            .map(|(t, ts, b)| (*t, *ts, 1, b.to_vec()))
-            .collect();
+        let (got, want, _) = round_trip(&mut c, &msgs, cs, 1);
         assert_eq!(got, want);
     }
 
@@ -194,21 +210,12 @@ mod tests {
             (VIDEO, big + 33, body(400, 2)),    // type 2, small delta
             (AUDIO, 0xFFFF_FF00, body(200, 3)), // extended near the wrap
         ];
-        let mut parts = Vec::new();
-        for (t, ts, b) in &msgs {
-            c.push(*t, *ts, b, &mut parts).expect("fits");
-        }
-        let wire = concat(&parts);
+        let (got, want, wire) = round_trip(&mut c, &msgs, 128, 3);
         // Four chunks of video: 1 + 11 + 4 header, then three of 1 + 4.
         assert_eq!(&wire[..1], &[0x04]);
         assert_eq!(&wire[12..16], &big.to_be_bytes());
         assert_eq!(wire[16 + 128], 0xC4);
         assert_eq!(&wire[17 + 128..21 + 128], &big.to_be_bytes());
-        let got = read_back(&wire, 128);
-        let want: Vec<_> = msgs
-            .iter()
-            .map(|(t, ts, b)| (*t, *ts, 3, b.to_vec()))
-            .collect();
         assert_eq!(got, want);
     }
 
@@ -259,25 +266,22 @@ mod tests {
                 1..40,
             ),
         ) {
-            let mut c = MediaChunker::new(chunk_size, 7);
-            let mut parts = Vec::new();
-            let mut want = Vec::new();
-            let mut total = 0;
             let mut ts = 0u32;
-            for (k, (video, how, jump, len)) in msgs.into_iter().enumerate() {
-                ts = match how {
-                    0 => ts.wrapping_add(jump % 50),
-                    1 => jump,
-                    _ => 0xFF00_0000u32.wrapping_add(jump),
-                };
-                let t = if video { VIDEO } else { AUDIO };
-                let b = body(len, k as u8);
-                total += c.push(t, ts, &b, &mut parts).expect("fits");
-                want.push((t, ts, 7, b.to_vec()));
-            }
-            let wire = concat(&parts);
-            proptest::prop_assert_eq!(wire.len(), total);
-            proptest::prop_assert_eq!(read_back(&wire, chunk_size), want);
+            let msgs: Vec<Msg> = msgs
+                .into_iter()
+                .enumerate()
+                .map(|(k, (video, how, jump, len))| {
+                    ts = match how {
+                        0 => ts.wrapping_add(jump % 50),
+                        1 => jump,
+                        _ => 0xFF00_0000u32.wrapping_add(jump),
+                    };
+                    (if video { VIDEO } else { AUDIO }, ts, body(len, k as u8))
+                })
+                .collect();
+            let mut c = MediaChunker::new(chunk_size, 7);
+            let (got, want, _) = round_trip(&mut c, &msgs, chunk_size, 7);
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

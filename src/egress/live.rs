@@ -351,8 +351,8 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
                 headers.remember(f);
             }
             // A batch is queued whole or not at all (an error fails the connection; nothing
-            // of it may be left for the next one).
-            parts.clear();
+            // of it may be left for the next one): `send_frames` takes back what it added on
+            // an error, and `enqueue_parts` always leaves `parts` empty.
             meter.add(w.session.send_frames(batch, parts)?);
             w.enqueue_parts(parts, stats)?;
             stats
