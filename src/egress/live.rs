@@ -14,12 +14,17 @@
 //! - whoever hits "would block" or an error first tells the task (one notify), never the
 //!   other way round: a socket that takes everything costs the ingest one `writev` per hand-on;
 //! - a stopped egress has no [`Wire`]: after [`super::EgressHandle::stop`] returns nothing
-//!   more is written.
+//!   more is written;
+//! - on the io_uring receiver's thread a plain-TCP write is a send queued on its ring
+//!   ([`crate::ingest::queue_send`]), issued by the `io_uring_enter` that then waits. While it
+//!   is in flight ([`Wire::inflight`]) nobody else writes; its completion (on that thread)
+//!   moves the wire on and pumps the rest. A stop or a dropped connection with a send still
+//!   in flight shuts the socket down, so a send not yet issued writes nothing.
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,6 +33,7 @@ use tokio::net::TcpStream;
 use super::session::{Output, PublishSession};
 use super::{BitrateMeter, EgressStats, HeaderCache, SharedQueue};
 use crate::error::{Error, Result};
+use crate::ingest;
 use crate::media::core::MediaFrame;
 
 /// Frames serialized per write.
@@ -52,7 +58,14 @@ pub(crate) struct Wire {
     progressed: bool,
     /// A write failed (from any thread): the connection is over.
     pub(crate) error: Option<Error>,
+    /// Tells this connection's ring-send completions from an earlier connection's.
+    id: u64,
+    /// A send of the front of `pending` is queued on the ingest ring: nobody else writes
+    /// until its completion.
+    pub(crate) inflight: bool,
 }
+
+static WIRE_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// A borrowed socket as blocking-style `Read`/`Write` that never block (rustls's I/O).
 struct SockIo<'a>(&'a TcpStream);
@@ -100,7 +113,58 @@ impl Wire {
             blocked_since: None,
             progressed: false,
             error: None,
+            id: WIRE_IDS.fetch_add(1, Ordering::Relaxed),
+            inflight: false,
         }
+    }
+
+    /// `n` bytes of the front of `pending` were written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.pending.front() else {
+                break;
+            };
+            let left = front.len() - self.pending_off;
+            if n >= left {
+                n -= left;
+                self.pending.pop_front();
+                self.pending_off = 0;
+            } else {
+                self.pending_off += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Shuts the socket down if a send of it is queued on the ingest ring (a send not issued
+    /// yet then writes nothing). For a connection being let go of.
+    pub(crate) fn refuse_inflight(&self) {
+        if self.inflight {
+            let _ = socket2::SockRef::from(self.tcp.as_ref()).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// On the io_uring receiver's thread, plain TCP: queues a send of the front of `pending`
+    /// on its ring. False where that is not possible (the caller writes itself).
+    fn send_on_ring(&mut self, q: &Arc<SharedQueue>) -> bool {
+        if self.tls.is_some() || self.pending.is_empty() || !ingest::sends_here() {
+            return false;
+        }
+        let q = Arc::clone(q);
+        let id = self.id;
+        let req = ingest::SendReq {
+            sock: self.tcp.clone(),
+            pieces: self
+                .pending
+                .iter()
+                .take(ingest::SEND_MAX_PIECES)
+                .cloned()
+                .collect(),
+            skip: self.pending_off,
+            done: Box::new(move |r| ring_sent(&q, id, r)),
+        };
+        self.inflight = ingest::queue_send(req).is_ok();
+        self.inflight
     }
 
     /// Queues RTMP bytes for writing (nothing is written yet).
@@ -162,7 +226,7 @@ impl Wire {
                 slices[k] = IoSlice::new(s);
                 n_slices = k + 1;
             }
-            let mut n = match self.tcp.try_write_vectored(&slices[..n_slices]) {
+            let n = match self.tcp.try_write_vectored(&slices[..n_slices]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if would_block(&e) => return Ok(false),
@@ -170,20 +234,7 @@ impl Wire {
             };
             stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
             self.progressed = true;
-            while n > 0 {
-                let Some(front) = self.pending.front() else {
-                    break;
-                };
-                let left = front.len() - self.pending_off;
-                if n >= left {
-                    n -= left;
-                    self.pending.pop_front();
-                    self.pending_off = 0;
-                } else {
-                    self.pending_off += n;
-                    n = 0;
-                }
-            }
+            self.advance(n);
         }
         Ok(true)
     }
@@ -311,13 +362,23 @@ pub(crate) enum Pumped {
     Done,
     /// The socket would not take more: the task must wait for it.
     Blocked,
+    /// A send is queued on the ingest ring; its completion pumps on.
+    InFlight,
     /// The connection failed (the error is in the wire).
     Failed,
 }
 
+/// How far [`pump_out`] got.
+enum Step {
+    Done,
+    Blocked,
+    InFlight,
+}
+
 /// Writes what is pending, then drains the queue into the socket until it is empty or the
-/// socket would block. Never blocks. Call with the out lock held.
-pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
+/// socket would block (on the io_uring receiver's thread: until a send is queued on its
+/// ring). Never blocks. Call with the out lock held.
+pub(crate) fn pump_out(q: &Arc<SharedQueue>, st: &mut OutState) -> Pumped {
     let OutState {
         wire,
         headers,
@@ -333,18 +394,21 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
         return Pumped::Failed;
     }
     let stats = &q.stats;
-    let r = (|| -> Result<bool> {
+    let r = (|| -> Result<Step> {
         loop {
+            if w.inflight || w.send_on_ring(q) {
+                return Ok(Step::InFlight);
+            }
             if !w
                 .flush(stats)
                 .map_err(|e| Error::from_net("write to the ingest", &e))?
             {
-                return Ok(false);
+                return Ok(Step::Blocked);
             }
             batch.clear();
             q.pop_batch(batch, BATCH);
             if batch.is_empty() {
-                return Ok(true);
+                return Ok(Step::Done);
             }
             // Headers are cached before anything is written: a reconnect re-sends the newest.
             for f in batch.iter() {
@@ -364,12 +428,13 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
         }
     })();
     match r {
-        Ok(true) => {
+        Ok(Step::Done) => {
             w.blocked_since = None;
             w.progressed = false;
             Pumped::Done
         }
-        Ok(false) => {
+        Ok(Step::InFlight) => Pumped::InFlight,
+        Ok(Step::Blocked) => {
             if std::mem::take(&mut w.progressed) || w.blocked_since.is_none() {
                 w.blocked_since = Some(Instant::now());
             }
@@ -379,6 +444,50 @@ pub(crate) fn pump_out(q: &SharedQueue, st: &mut OutState) -> Pumped {
             w.error = Some(e);
             Pumped::Failed
         }
+    }
+}
+
+/// A ring send of wire `id` completed (on the ingest thread): moves the wire on and pumps the
+/// rest, or tells the task (the socket is full, the write failed, or the queue is closing).
+fn ring_sent(q: &Arc<SharedQueue>, id: u64, r: std::io::Result<usize>) {
+    if let Ok(n @ 1..) = r {
+        // Counted even if the wire is gone by now: the bytes went out before it was let go
+        // of (a send not issued by then fails, see `refuse_inflight`).
+        q.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        q.stats.ring_sends.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut st = q.out();
+    let Some(w) = st.wire.as_mut() else {
+        return; // stopped, or the connection was let go of
+    };
+    if w.id != id || !w.inflight {
+        return;
+    }
+    w.inflight = false;
+    match r {
+        Ok(0) => {
+            let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+            w.error = Some(Error::from_net("write to the ingest", &e));
+        }
+        Ok(n) => {
+            w.progressed = true;
+            w.advance(n);
+        }
+        Err(e) if would_block(&e) => {
+            if std::mem::take(&mut w.progressed) || w.blocked_since.is_none() {
+                w.blocked_since = Some(Instant::now());
+            }
+        }
+        Err(e) => w.error = Some(Error::from_net("write to the ingest", &e)),
+    }
+    let wake = if w.error.is_some() || w.blocked_since.is_some() {
+        true
+    } else {
+        q.pump_locked(&mut st)
+    };
+    drop(st);
+    if wake || q.closed.load(Ordering::Acquire) {
+        q.notify.notify_one();
     }
 }
 

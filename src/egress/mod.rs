@@ -104,6 +104,8 @@ pub struct EgressStats {
     pub bitrate_bps: AtomicU64,
     pub av_offset_ms: AtomicI64,
     pub publishing: AtomicBool,
+    /// Writes issued from the io_uring ingest thread's ring (see `live`), completed.
+    pub ring_sends: AtomicU64,
 }
 
 /// A point-in-time copy of [`EgressStats`] and the queue's counters.
@@ -159,7 +161,9 @@ impl SharedQueue {
     fn disable(&self) {
         let mut st = self.out();
         st.stopped = true;
-        st.wire = None;
+        if let Some(w) = st.wire.take() {
+            w.refuse_inflight();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FrameQueue> {
@@ -170,7 +174,7 @@ impl SharedQueue {
 
     /// Pushes frames (from the media core) and, while publishing, writes them to the socket
     /// when it takes them without blocking. Never blocks on the network.
-    pub fn push_all(&self, frames: &[MediaFrame]) {
+    pub fn push_all(self: &Arc<Self>, frames: &[MediaFrame]) {
         if frames.is_empty() {
             return;
         }
@@ -185,24 +189,29 @@ impl SharedQueue {
             // Not publishing: the task sends them once it is.
             None => true,
             // The task waits for the socket and drains the queue when it can.
-            Some(w) if w.blocked_since.is_some() || w.error.is_some() => false,
-            // rml_rtmp and rustls run on the ingest thread here, which every relay shares: a
-            // panic in them ends this connection (the task reconnects), not the ingest.
-            Some(_) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                live::pump_out(self, &mut st)
-            })) {
-                Ok(p) => p != live::Pumped::Done,
-                Err(_) => {
-                    if let Some(w) = st.wire.as_mut() {
-                        w.error = Some(crate::err!(Internal, "egress serialization panicked"));
-                    }
-                    true
-                }
-            },
+            // A send on the ingest ring is in flight: its completion pumps these.
+            Some(w) if w.blocked_since.is_some() || w.error.is_some() || w.inflight => false,
+            Some(_) => self.pump_locked(&mut st),
         };
         drop(st);
         if wake {
             self.notify.notify_one();
+        }
+    }
+
+    /// [`live::pump_out`] on the producer's side; true if the task must look (the socket is
+    /// full or the connection failed).
+    fn pump_locked(self: &Arc<Self>, st: &mut live::OutState) -> bool {
+        // rml_rtmp and rustls run on the ingest thread here, which every relay shares: a
+        // panic in them ends this connection (the task reconnects), not the ingest.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live::pump_out(self, st))) {
+            Ok(p) => matches!(p, live::Pumped::Blocked | live::Pumped::Failed),
+            Err(_) => {
+                if let Some(w) = st.wire.as_mut() {
+                    w.error = Some(crate::err!(Internal, "egress serialization panicked"));
+                }
+                true
+            }
         }
     }
 
@@ -451,7 +460,9 @@ struct WireGuard(Arc<SharedQueue>);
 
 impl Drop for WireGuard {
     fn drop(&mut self) {
-        self.0.out().wire = None;
+        if let Some(w) = self.0.out().wire.take() {
+            w.refuse_inflight();
+        }
     }
 }
 
@@ -817,6 +828,7 @@ impl Driver {
                     return Err(e);
                 }
                 if w.blocked_since.is_none()
+                    && !w.inflight
                     && !w.has_pending()
                     && self.queue.closed.load(Ordering::Acquire)
                     && self.queue.lock().is_empty()

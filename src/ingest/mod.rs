@@ -134,6 +134,7 @@ impl Drop for IngestHandle {
 }
 
 pub use uring::SharedStats;
+pub(crate) use uring::{SEND_MAX_PIECES, SendReq, queue_send, sends_here};
 
 /// The process's shared io_uring receiver, started on first use; `None` while the kernel
 /// refuses io_uring (retried on the next start).

@@ -17,18 +17,27 @@
 //! socket is closed only then. A multishot the kernel ends (ENOBUFS when every buffer is in
 //! use, CQ overflow) is re-armed.
 //!
+//! Egress writes can ride on the same ring ([`queue_send`]): a relay's frames, serialized on
+//! this thread, are sent by a `sendmsg` entry that the next wait submits, so the write and the
+//! sleep are one `io_uring_enter`. The receiver of those bytes (on loopback, the sink) is then
+//! woken as this thread goes to sleep instead of preempting it after a `writev`. The send is
+//! non-blocking (`MSG_DONTWAIT`: the kernel completes it at once, with what the socket took or
+//! `EAGAIN`, never parks it); the writer is told on this thread when it completed.
+//!
 //! This is the only module of onair with `unsafe` code.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use bytes::Bytes;
 use io_uring::types::{BufRingEntry, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use nix::libc;
@@ -86,6 +95,73 @@ const IDLE_TICK_NS: u64 = 100_000_000;
 /// value is a socket's id (generation << 32 | slot).
 const CANCEL_FLAG: u64 = 1 << 63;
 const WAKE_UD: u64 = 1 << 62;
+/// Bit 61: an egress send's completion; the low bits are its index in `Receiver::sends`.
+const SEND_FLAG: u64 = 1 << 61;
+/// Most pieces one send takes (the rest waits for the next).
+pub(crate) const SEND_MAX_PIECES: usize = 64;
+
+/// A write to a connected socket, issued from the receiver's ring (see [`queue_send`]).
+pub(crate) struct SendReq {
+    /// Keeps the descriptor open until the send completed.
+    pub sock: Arc<dyn AsRawFd + Send + Sync>,
+    /// Written in order, starting `skip` bytes into the first (at most [`SEND_MAX_PIECES`]).
+    pub pieces: Vec<Bytes>,
+    pub skip: usize,
+    /// Called on the receiver thread with what the socket took (possibly less than all), or
+    /// the error (`WouldBlock`: nothing taken now).
+    pub done: Box<dyn FnOnce(std::io::Result<usize>) + Send>,
+}
+
+/// A send the kernel may read: the header and vector it was given, and what they point into.
+struct SendOp {
+    req: SendReq,
+    iov: Vec<libc::iovec>,
+    msghdr: libc::msghdr,
+}
+
+thread_local! {
+    /// Sends queued on the receiver thread for its next wait; `None` on every other thread.
+    static SENDS: RefCell<Option<Vec<SendReq>>> = const { RefCell::new(None) };
+}
+
+impl SendOp {
+    fn new(req: SendReq) -> Box<SendOp> {
+        let mut iov = Vec::with_capacity(req.pieces.len().min(SEND_MAX_PIECES));
+        for (k, b) in req.pieces.iter().take(SEND_MAX_PIECES).enumerate() {
+            let from = if k == 0 { req.skip.min(b.len()) } else { 0 };
+            let s = &b[from..];
+            if !s.is_empty() {
+                iov.push(libc::iovec {
+                    iov_base: s.as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                });
+            }
+        }
+        // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+        let msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut op = Box::new(SendOp { req, iov, msghdr });
+        // The vector's heap block and the `Bytes` it points into do not move with the box.
+        op.msghdr.msg_iov = op.iov.as_mut_ptr();
+        op.msghdr.msg_iovlen = op.iov.len();
+        op
+    }
+}
+
+/// Whether the calling thread is an io_uring receiver that takes sends ([`queue_send`]).
+pub(crate) fn sends_here() -> bool {
+    SENDS.with(|s| s.borrow().is_some())
+}
+
+/// Queues a send for the receiver's next wait. On any other thread it comes back.
+pub(crate) fn queue_send(req: SendReq) -> std::result::Result<(), SendReq> {
+    SENDS.with(|s| match s.borrow_mut().as_mut() {
+        Some(v) => {
+            v.push(req);
+            Ok(())
+        }
+        None => Err(req),
+    })
+}
 
 /// Offsets in `struct io_uring_buf` (Linux UAPI, include/uapi/linux/io_uring.h):
 /// `{ __u64 addr; __u32 len; __u16 bid; __u16 resv; }`, 16 bytes; `resv` of entry 0 is the
@@ -432,6 +508,13 @@ struct Receiver {
     stats: Arc<SharedStats>,
     /// The buffer ring is registered with the kernel.
     registered: bool,
+    /// Egress sends queued in the ring and not yet reaped (boxed: the kernel reads their
+    /// headers), and the free indices.
+    sends: Vec<Option<Box<SendOp>>>,
+    sends_free: Vec<usize>,
+    sends_out: usize,
+    /// Sends taken from the thread's queue (kept for its capacity).
+    send_reqs: Vec<SendReq>,
 }
 
 fn uring_err(what: &str, e: &std::io::Error) -> Error {
@@ -482,6 +565,10 @@ impl Receiver {
             last_tick_ns: 0,
             stats,
             registered: false,
+            sends: Vec::new(),
+            sends_free: Vec::new(),
+            sends_out: 0,
+            send_reqs: Vec::new(),
         };
         // SAFETY: the ring memory is valid for RING_ENTRIES descriptors, page-aligned, and
         // lives (in `r.bufs`) until after `unregister_buf_ring` in `Drop`.
@@ -492,6 +579,7 @@ impl Receiver {
                 .map_err(|e| uring_err("register buffer ring", &e))?;
         }
         r.registered = true;
+        SENDS.with(|s| *s.borrow_mut() = Some(Vec::new()));
         r.arm_wake();
         r.ring.submit().map_err(|e| uring_err("submit", &e))?;
         Ok(r)
@@ -503,7 +591,9 @@ impl Receiver {
             // SAFETY: every entry queued here references only memory that outlives its
             // operation: the msghdr and wake buffer (owned by `self`, boxed, dropped only after
             // every operation is cancelled and reaped, see `Drop`), sockets (closed only after
-            // their final completion), or nothing (cancels).
+            // their final completion), a send's header, vector and the `Bytes` and socket they
+            // point into (boxed in `self.sends` until its completion is reaped, or leaked by
+            // `Drop`), or nothing (cancels).
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return true;
             }
@@ -512,6 +602,43 @@ impl Receiver {
             }
         }
         false
+    }
+
+    /// Puts the sends queued on this thread ([`queue_send`]) in the ring, for the next wait to
+    /// submit. A send the ring has no room for is answered `WouldBlock` (its writer then
+    /// waits for the socket itself).
+    fn queue_sends(&mut self) {
+        SENDS.with(|s| {
+            if let Some(v) = s.borrow_mut().as_mut() {
+                std::mem::swap(v, &mut self.send_reqs);
+            }
+        });
+        let mut reqs = std::mem::take(&mut self.send_reqs);
+        for req in reqs.drain(..) {
+            let op = SendOp::new(req);
+            let fd: RawFd = op.req.sock.as_raw_fd();
+            let msg: *const libc::msghdr = &op.msghdr;
+            let idx = match self.sends_free.pop() {
+                Some(i) => i,
+                None => {
+                    self.sends.push(None);
+                    self.sends.len() - 1
+                }
+            };
+            // In place before the entry is queued: `push` may submit it at once.
+            self.sends[idx] = Some(op);
+            let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+                .build()
+                .user_data(SEND_FLAG | idx as u64);
+            if self.push(&sqe) {
+                self.sends_out += 1;
+            } else if let Some(op) = self.sends[idx].take() {
+                self.sends_free.push(idx);
+                (op.req.done)(Err(std::io::ErrorKind::WouldBlock.into()));
+            }
+        }
+        self.send_reqs = reqs;
     }
 
     fn arm_wake(&mut self) {
@@ -542,6 +669,7 @@ impl Receiver {
 
     fn run(&mut self, rx: &mpsc::Receiver<Cmd>) {
         while self.commands(rx) || self.slots.iter().any(Option::is_some) {
+            self.queue_sends();
             self.wait();
             let now = monotonic_ns();
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -581,11 +709,13 @@ impl Receiver {
             .saturating_sub(monotonic_ns())
             .clamp(1_000_000, IDLE_TICK_NS);
         let idle = Timespec::new().nsec(to_tick as u32);
+        // The sends this enter submits complete in it (non-blocking): wait for one more.
+        let want = 1 + self.sends_out;
         let submitter = self.ring.submitter();
         let r = if self.slots.iter().all(Option::is_none) {
-            submitter.submit_and_wait(1)
+            submitter.submit_and_wait(want)
         } else if !self.busy {
-            submitter.submit_with_args(1, &SubmitArgs::new().timespec(&idle))
+            submitter.submit_with_args(want, &SubmitArgs::new().timespec(&idle))
         } else if self.min_wait {
             let args = SubmitArgs::new()
                 .timespec(&idle)
@@ -633,7 +763,8 @@ impl Receiver {
                 self.slots.len() - 1
             }
         };
-        self.generation = (self.generation + 1) & 0x3fff_ffff;
+        // 29 bits: an id (generation << 32 | slot) never has a flag bit (61–63) set.
+        self.generation = (self.generation + 1) & 0x1fff_ffff;
         let id = (u64::from(self.generation) << 32) | idx as u64;
         self.slots[idx] = Some(Slot {
             id,
@@ -718,60 +849,88 @@ impl Receiver {
         // Datagram completions of live sockets since the sinks were last handed on.
         let mut handed = 0;
         let mut finished = Vec::new();
-        let mut cq = self.ring.completion();
-        cq.sync();
-        for cqe in &mut cq {
-            n += 1;
-            let ud = cqe.user_data();
-            if ud == WAKE_UD {
-                self.wake_armed = false;
-                continue;
-            }
-            if ud & CANCEL_FLAG != 0 {
-                // ENOENT/EALREADY: the receive already ended or is ending, its final
-                // completion comes on its own. Any other failure: send the cancel again.
-                let res = cqe.result();
-                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
-                    let id = ud & !CANCEL_FLAG;
-                    if let Some(Some(s)) = self.slots.get_mut((id & 0xffff_ffff) as usize)
-                        && s.id == id
-                    {
-                        s.cancel_sent = false;
+        loop {
+            // Set when a part of a large batch queued sends: they go out before the rest is
+            // parsed (a batch of hundreds of streams would otherwise hold them ~0.3 ms).
+            let mut sends_queued = false;
+            let mut cq = self.ring.completion();
+            cq.sync();
+            for cqe in &mut cq {
+                let ud = cqe.user_data();
+                if ud & (SEND_FLAG | CANCEL_FLAG | WAKE_UD) == SEND_FLAG {
+                    let idx = (ud & !SEND_FLAG) as usize;
+                    if let Some(op) = self.sends.get_mut(idx).and_then(Option::take) {
+                        self.sends_free.push(idx);
+                        self.sends_out = self.sends_out.saturating_sub(1);
+                        let res = cqe.result();
+                        let r = usize::try_from(res)
+                            .map_err(|_| std::io::Error::from_raw_os_error(res.saturating_neg()));
+                        (op.req.done)(r);
+                    }
+                    continue;
+                }
+                n += 1;
+                if ud == WAKE_UD {
+                    self.wake_armed = false;
+                    continue;
+                }
+                if ud & CANCEL_FLAG != 0 {
+                    // ENOENT/EALREADY: the receive already ended or is ending, its final
+                    // completion comes on its own. Any other failure: send the cancel again.
+                    let res = cqe.result();
+                    if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
+                        let id = ud & !CANCEL_FLAG;
+                        if let Some(Some(s)) = self.slots.get_mut((id & 0xffff_ffff) as usize)
+                            && s.id == id
+                        {
+                            s.cancel_sent = false;
+                        }
+                    }
+                    continue;
+                }
+                let idx = (ud & 0xffff_ffff) as usize;
+                match self.slots.get_mut(idx) {
+                    Some(Some(s)) if s.id == ud => {
+                        let done = handle_recv(
+                            &cqe,
+                            s,
+                            &self.bufs,
+                            &self.msghdr,
+                            &mut self.touched,
+                            idx,
+                            now,
+                        );
+                        if done {
+                            finished.push(idx);
+                        }
+                        handed += 1;
+                    }
+                    _ => {}
+                }
+                if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                    self.bufs.provide(bid);
+                }
+                // A frame completed early in a large batch is handed on now, not after the
+                // whole batch was parsed (with hundreds of streams that is ~0.3 ms later).
+                // Counted in receive completions (the wake-up read and cancels do not count).
+                if handed == FLUSH_EVERY {
+                    handed = 0;
+                    flush_touched(&mut self.slots, &mut self.touched, now);
+                    if SENDS.with(|s| s.borrow().as_ref().is_some_and(|v| !v.is_empty())) {
+                        sends_queued = true;
+                        break;
                     }
                 }
-                continue;
             }
-            let idx = (ud & 0xffff_ffff) as usize;
-            match self.slots.get_mut(idx) {
-                Some(Some(s)) if s.id == ud => {
-                    let done = handle_recv(
-                        &cqe,
-                        s,
-                        &self.bufs,
-                        &self.msghdr,
-                        &mut self.touched,
-                        idx,
-                        now,
-                    );
-                    if done {
-                        finished.push(idx);
-                    }
-                    handed += 1;
-                }
-                _ => {}
+            drop(cq);
+            if !sends_queued {
+                break;
             }
-            if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
-                self.bufs.provide(bid);
-            }
-            // A frame completed early in a large batch is handed on now, not after the
-            // whole batch was parsed (with hundreds of streams that is ~0.3 ms later).
-            // Counted in receive completions (the wake-up read and cancels do not count).
-            if handed == FLUSH_EVERY {
-                handed = 0;
-                flush_touched(&mut self.slots, &mut self.touched, now);
+            self.queue_sends();
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!(error = %e, "ingest: io_uring submit of sends failed");
             }
         }
-        drop(cq);
         self.bufs.publish();
         self.stats
             .completions
@@ -916,9 +1075,13 @@ impl Drop for Receiver {
         if self.wake_armed {
             self.push(&cancel_wake);
         }
+        // Sends still queued go out and are answered like any other.
+        self.queue_sends();
         let ts = Timespec::new().nsec(50_000_000);
         for _ in 0..20 {
-            let pending = self.slots.iter().flatten().any(|s| s.armed) || self.wake_armed;
+            let pending = self.slots.iter().flatten().any(|s| s.armed)
+                || self.wake_armed
+                || self.sends_out > 0;
             if !pending {
                 break;
             }
@@ -928,7 +1091,14 @@ impl Drop for Receiver {
                 .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
             self.reap(monotonic_ns());
         }
-        let settled = !self.slots.iter().flatten().any(|s| s.armed) && !self.wake_armed;
+        // Sends queued by the answers above: their writers wait for the socket themselves.
+        let late = SENDS.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        for req in late {
+            (req.done)(Err(std::io::ErrorKind::WouldBlock.into()));
+        }
+        let settled = !self.slots.iter().flatten().any(|s| s.armed)
+            && !self.wake_armed
+            && self.sends_out == 0;
         if settled
             && self.registered
             && let Err(e) = self.ring.submitter().unregister_buf_ring(BGID)
@@ -944,6 +1114,7 @@ impl Drop for Receiver {
                 drop(s.removing.take());
             }
             std::mem::forget(std::mem::take(&mut self.slots));
+            std::mem::forget(std::mem::take(&mut self.sends));
             // SAFETY: an all-zero msghdr is valid; the old one is leaked, never freed.
             let old = std::mem::replace(&mut self.msghdr, Box::new(unsafe { std::mem::zeroed() }));
             std::mem::forget(old);
