@@ -75,6 +75,20 @@ stop_pids() {
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
 
+# Waits (at most 20 s) until the machine is quiet: less than 10 % of the CPU time busy over
+# one second. A run that started right after 64 FFmpeg or GStreamer processes measured 2.4 x
+# its quiet figure (onair, K = 1: 10.0 against 4.1 ms per stream-second, 1-min load 5.3).
+settle() {
+  local i j a b total busy
+  for i in $(seq 20); do
+    read -ra a < /proc/stat; sleep 1; read -ra b < /proc/stat
+    total=0; for j in 1 2 3 4 5 6 7 8; do total=$((total + b[j] - a[j])); done
+    busy=$((total - (b[4] - a[4]) - (b[5] - a[5])))
+    [ $((busy * 10)) -lt "$total" ] && return 0
+  done
+  echo "  (the machine stayed busy: $busy of $total ticks in the last second)" >&2
+}
+
 require=()
 if [ $smoke -eq 1 ]; then
   ks=1; reps=1; tools=onair; measure=4; warmup=2; doc=0; require=(--require-delivery)
@@ -229,6 +243,7 @@ for ((r = 1; r <= reps; r++)); do
         [ $rc -eq 0 ] && echo "bench smoke: ok" || echo "bench smoke: FAILED (see $work/run/$tool-k$k-r$r/)"
         exit $rc
       fi
+      settle
       run_one "$tool" "$k" "$r" || true
       python3 scripts/bench_report.py --last "$results"
     done

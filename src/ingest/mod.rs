@@ -1,5 +1,5 @@
 //! Fabric ingest: MPEG-TS (or RTP/TS) datagrams on UDP, unicast or multicast. With io_uring,
-//! one thread of the process receives on every ingest socket (one ring, one multishot recvmsg
+//! one thread of the process receives on every ingest socket (one ring, one multishot recv
 //! per socket, one shared provided-buffer pool) and handles, at each wake-up, everything that
 //! completed by then; with a plain blocking socket (when the kernel refuses io_uring, logged
 //! once per process, or on request), one thread per socket.

@@ -43,6 +43,18 @@ fn word(b: &[u8]) -> u64 {
 pub fn fingerprint(ts: &[u8]) -> u64 {
     let mut h = mix(0xcbf2_9ce4_8422_2325, ts.len() as u64);
     for p in ts.chunks(PACKET) {
+        if let Ok(p) = <&[u8; PACKET]>::try_from(p) {
+            // A whole packet: fixed-size loads (the general path's variable-length copies
+            // were calls to memcpy, 0.6 % of a relay's samples at 64 streams). Same words.
+            let (mut a, mut b, mut c) = ([0u8; 8], [0u8; 8], [0u8; 8]);
+            a.copy_from_slice(&p[..8]);
+            b[..4].copy_from_slice(&p[8..12]);
+            c.copy_from_slice(&p[PACKET - 8..]);
+            h = mix(h, u64::from_le_bytes(a));
+            h = mix(h, u64::from_le_bytes(b));
+            h = mix(h, u64::from_le_bytes(c));
+            continue;
+        }
         let head = &p[..p.len().min(12)];
         let (a, b) = head.split_at(head.len().min(8));
         h = mix(h, word(a));
@@ -79,6 +91,31 @@ mod tests {
             d.extend_from_slice(&p);
         }
         d
+    }
+
+    /// The fingerprint as documented, word by word, for any length.
+    fn reference(ts: &[u8]) -> u64 {
+        let mut h = mix(0xcbf2_9ce4_8422_2325, ts.len() as u64);
+        for p in ts.chunks(PACKET) {
+            let head = &p[..p.len().min(12)];
+            let (a, b) = head.split_at(head.len().min(8));
+            h = mix(h, word(a));
+            h = mix(h, word(b));
+            h = mix(h, word(&p[p.len().saturating_sub(8)..]));
+        }
+        h
+    }
+
+    #[test]
+    fn whole_packets_and_a_short_tail_hash_as_documented() {
+        let mut d = datagram(3, 9);
+        assert_eq!(fingerprint(&d), reference(&d));
+        for cut in [1, 5, 9, 13, 100, 187, 188, 189] {
+            d.truncate(7 * PACKET - cut);
+            assert_eq!(fingerprint(&d), reference(&d), "cut {cut}");
+            d = datagram(3, 9);
+        }
+        assert_eq!(fingerprint(&[]), reference(&[]));
     }
 
     #[test]
