@@ -193,10 +193,12 @@ impl Relay {
     /// A normal stop (the owner's, a scheduled end): the ingest stops, queued frames drain for
     /// at most [`DRAIN_LIMIT`] in all, then every egress ends. Returns each egress's outcome.
     pub async fn stop(mut self) -> Vec<Result<()>> {
+        // The ingest first: its last frames (pushed when it stops) are queued before the
+        // queues close, so a drain that completes cannot leave them behind.
+        self.stop_ingest().await;
         for e in &self.egresses {
             e.queue.close();
         }
-        self.stop_ingest().await;
         let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
         while !self.egresses.iter().all(EgressHandle::is_finished)
             && tokio::time::Instant::now() < deadline

@@ -195,12 +195,20 @@ enum From {
 }
 
 /// The ingest sink that pushes frames on the io_uring thread: each datagram asks for frames
-/// `start..start + count` of `len` bytes (`start` = u32::MAX: the sequence header).
+/// `start..start + count` of `len` bytes (`start` = u32::MAX: the sequence header; `HOLD`:
+/// push frame `count`, say so on `held`, then keep the ingest thread for 300 ms, before it
+/// submits the send).
 struct RingPush {
     q: Arc<SharedQueue>,
     frames: Vec<MediaFrame>,
     pushed: Arc<AtomicU64>,
+    held: Option<std::sync::mpsc::SyncSender<()>>,
+    hold: bool,
+    /// Pushed when the ingest stops (as the relay's sink pushes its last frames).
+    last: Option<u32>,
 }
+
+const HOLD: u32 = u32::MAX - 1;
 
 impl DatagramSink for RingPush {
     fn on_datagram(&mut self, d: &[u8], _rx_ns: u64) {
@@ -211,6 +219,9 @@ impl DatagramSink for RingPush {
         let (start, count, len) = (word(0), word(1), word(2) as usize);
         if start == u32::MAX {
             self.frames.push(header());
+        } else if start == HOLD {
+            self.frames.push(frame(count, len));
+            self.hold = true;
         } else {
             self.frames
                 .extend((start..start + count).map(|k| frame(k, len)));
@@ -222,6 +233,17 @@ impl DatagramSink for RingPush {
             self.pushed
                 .fetch_add(self.frames.len() as u64, Ordering::Release);
             self.frames.clear();
+        }
+        if std::mem::take(&mut self.hold) {
+            if let Some(tx) = &self.held {
+                let _ = tx.send(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    fn on_stop(&mut self, _now_ns: u64) {
+        if let Some(i) = self.last {
+            self.q.push_all(&[frame(i, 8_000)]);
         }
     }
 }
@@ -235,6 +257,15 @@ struct Producer {
 
 impl Producer {
     fn new(from: From, q: Arc<SharedQueue>) -> Producer {
+        Producer::with(from, q, None, None)
+    }
+
+    fn with(
+        from: From,
+        q: Arc<SharedQueue>,
+        held: Option<std::sync::mpsc::SyncSender<()>>,
+        last: Option<u32>,
+    ) -> Producer {
         let pushed = Arc::new(AtomicU64::new(0));
         let ring = (from == From::Ring).then(|| {
             let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
@@ -243,6 +274,9 @@ impl Producer {
                 q: q.clone(),
                 frames: Vec::new(),
                 pushed: pushed.clone(),
+                held,
+                hold: false,
+                last,
             };
             let h = ingest::start(&cfg, sink).expect("io_uring ingest");
             assert_eq!(h.backend(), Backend::Uring);
@@ -485,6 +519,97 @@ async fn nothing_is_written_after_stop_returns_while_the_producer_keeps_pushing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_after_stop_returns_while_the_ingest_ring_keeps_sending() {
     nothing_written_after_stop(From::Ring).await;
+}
+
+/// Whether the server got the video frame with this index (by its timestamp).
+fn server_saw(seen: &Seen, i: u32) -> bool {
+    let ts = frame(i, 0).ts_ms;
+    seen.video
+        .lock()
+        .expect("video")
+        .iter()
+        .any(|(t, _)| *t == ts)
+}
+
+/// A send queued on the ingest ring is submitted when the ingest thread next waits. If the
+/// egress is stopped in between, that send must write nothing: here the sink keeps the ingest
+/// thread for 300 ms right after queuing it, and the stop comes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_send_queued_before_stop_returns_is_never_written() {
+    let seen = Arc::new(Seen::default());
+    let port = start_server(seen.clone()).await;
+    let url = format!("rtmp://127.0.0.1:{port}/live");
+    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
+    wait_publishing(&h).await;
+    let (held_tx, held_rx) = std::sync::mpsc::sync_channel(1);
+    let producer = Producer::with(From::Ring, h.queue.clone(), Some(held_tx), None);
+    producer.header();
+    producer.push(0, 10, 8_000);
+    producer.wait_pushed(11);
+    // The sends' completions are handled by the next wake-up (at most the 100 ms idle tick):
+    // the wire is idle again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = h.snapshot();
+    assert!(server_saw(&seen, 9), "the first frames arrived");
+    producer.push(HOLD, 9_999, 8_000);
+    tokio::task::spawn_blocking(move || held_rx.recv_timeout(Duration::from_secs(5)))
+        .await
+        .expect("join")
+        .expect("the held frame was pushed");
+    h.stop();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = h.snapshot();
+    assert_eq!(
+        after.frames_out,
+        before.frames_out + 1,
+        "the held frame was serialized (as a send queued on the ring)"
+    );
+    assert!(
+        !server_saw(&seen, 9_999),
+        "a send queued before stop() returned was written after it"
+    );
+    assert_eq!(
+        after.bytes_sent, before.bytes_sent,
+        "bytes written after stop()"
+    );
+    tokio::time::timeout(Duration::from_secs(5), h.join())
+        .await
+        .expect("ended")
+        .expect("a stop is a clean end");
+    drop(producer);
+}
+
+/// The relay's sink pushes its last frames when its ingest stops; when that was the ring's
+/// last socket, the send they make must still complete, and the egress drain and end
+/// gracefully after the queue closes. (Regression: the receiver with no socket left waited
+/// for a second completion with no timeout, so the send's was never handled and the egress
+/// never drained. It shows when this test runs alone: another test's socket on the shared
+/// ring gives the wait its timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_frames_of_a_stopping_ingest_go_out_and_the_egress_drains() {
+    let seen = Arc::new(Seen::default());
+    let port = start_server(seen.clone()).await;
+    let url = format!("rtmp://127.0.0.1:{port}/live");
+    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
+    wait_publishing(&h).await;
+    let mut producer = Producer::with(From::Ring, h.queue.clone(), None, Some(7_777));
+    producer.header();
+    producer.push(0, 10, 8_000);
+    producer.wait_pushed(11);
+    let (ingest, _tx) = producer.ring.take().expect("ring producer");
+    tokio::task::spawn_blocking(move || ingest.stop())
+        .await
+        .expect("ingest stopped");
+    h.queue.close();
+    tokio::time::timeout(Duration::from_secs(3), h.join())
+        .await
+        .expect("the egress drained and ended within 3 s")
+        .expect("clean end");
+    assert!(server_saw(&seen, 9), "frames before the stop arrived");
+    assert!(
+        server_saw(&seen, 7_777),
+        "the frame pushed at the ingest's stop arrived"
+    );
 }
 
 /// A link slower than the stream but moving: the socket stays blocked for longer than the

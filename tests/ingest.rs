@@ -209,6 +209,46 @@ fn oversized_datagram_counted_not_delivered() {
     }
 }
 
+/// An empty datagram ends io_uring's multishot `recv` (a 0-byte read): it must be counted and
+/// handed on like the socket receiver does, and the receive re-armed with nothing lost or
+/// reordered around it. A datagram of exactly 2048 bytes (the largest) arrives whole, one of
+/// 2049 is counted as truncated.
+#[test]
+fn empty_and_edge_size_datagrams_keep_the_stream_whole() {
+    for mode in [IngestMode::Uring, IngestMode::Socket] {
+        let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
+        cfg.mode = mode;
+        let sink = Collect::default();
+        let h = ingest::start(&cfg, sink.clone()).expect("start");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut want = Vec::new();
+        for i in 0..40u32 {
+            let d = if i % 10 == 3 {
+                Vec::new()
+            } else if i == 17 {
+                payload(i, 2048)
+            } else {
+                payload(i, 188)
+            };
+            tx.send_to(&d, h.local_addr()).expect("send");
+            want.push(d);
+            if i == 25 {
+                tx.send_to(&payload(i, 2049), h.local_addr())
+                    .expect("send oversized");
+            }
+        }
+        assert_eq!(wait_for(&sink, want.len()), want.len(), "{mode:?}");
+        assert_eq!(*sink.0.lock().expect("lock"), want, "{mode:?}");
+        assert_eq!(h.stats.truncated.load(Ordering::Relaxed), 1, "{mode:?}");
+        assert_eq!(
+            h.stats.datagrams.load(Ordering::Relaxed),
+            want.len() as u64,
+            "{mode:?}"
+        );
+        h.stop();
+    }
+}
+
 #[test]
 fn multicast_group_join() {
     let group: Ipv4Addr = "239.255.42.99".parse().expect("group");

@@ -468,7 +468,9 @@ impl Drop for WireGuard {
 
 enum PumpEnd {
     Stopped,
-    Drained,
+    /// Everything was written and the queue is closed: the wire, taken out under the same
+    /// lock that saw it idle (a producer pushing late cannot start a write on it after).
+    Drained(Box<live::Wire>),
 }
 
 struct Driver {
@@ -552,7 +554,7 @@ impl Driver {
                 backoff.reset();
             }
             let err = match result {
-                Ok(PumpEnd::Stopped | PumpEnd::Drained) => return Ok(()),
+                Ok(PumpEnd::Stopped | PumpEnd::Drained(_)) => return Ok(()),
                 Err(e) => e,
             };
             if is_hard_failure(err.kind()) {
@@ -633,14 +635,13 @@ impl Driver {
             }
             st.wire = Some(wire);
         }
-        let end = match self.pump(&tcp).await {
+        let mut end = match self.pump(&tcp).await {
             Ok(end) => end,
             Err(e) => return (Err(e), since.elapsed()),
         };
-        let wire = self.queue.out().wire.take();
-        drop(guard);
-        if let (PumpEnd::Drained, Some(mut wire)) = (&end, wire) {
-            self.finish(&mut wire).await;
+        drop(guard); // stopped: the guard takes the wire (refusing a send still in flight)
+        if let PumpEnd::Drained(wire) = &mut end {
+            self.finish(wire).await;
         }
         (Ok(end), since.elapsed())
     }
@@ -827,15 +828,16 @@ impl Driver {
                 if let Some(e) = w.error.take() {
                     return Err(e);
                 }
-                if w.blocked_since.is_none()
+                let blocked_since = w.blocked_since;
+                let drained = blocked_since.is_none()
                     && !w.inflight
                     && !w.has_pending()
                     && self.queue.closed.load(Ordering::Acquire)
-                    && self.queue.lock().is_empty()
-                {
-                    return Ok(PumpEnd::Drained);
+                    && self.queue.lock().is_empty();
+                if drained && let Some(w) = st.wire.take() {
+                    return Ok(PumpEnd::Drained(Box::new(w)));
                 }
-                w.blocked_since
+                blocked_since
             };
             if *self.stop.borrow() {
                 return Ok(PumpEnd::Stopped);

@@ -82,7 +82,8 @@ pub struct IngestStats {
     /// Datagrams larger than a receive buffer (cut, so dropped).
     pub truncated: AtomicU64,
     pub receive_errors: AtomicU64,
-    /// io_uring multishot re-arms after the kernel ended one (ENOBUFS, CQ overflow).
+    /// io_uring multishot re-arms after the kernel ended one (ENOBUFS, CQ overflow, an empty
+    /// datagram).
     pub rearms: AtomicU64,
 }
 

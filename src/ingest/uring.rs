@@ -117,7 +117,11 @@ pub(crate) struct SendReq {
 
 /// A send the kernel may read: the header and vector it was given, and what they point into.
 struct SendOp {
-    req: SendReq,
+    /// Keeps the descriptor open; the `Bytes` `iov` points into.
+    sock: Arc<dyn AsRawFd + Send + Sync>,
+    _pieces: Vec<Bytes>,
+    /// Taken when answered.
+    done: Option<Box<dyn FnOnce(std::io::Result<usize>) + Send>>,
     iov: Vec<libc::iovec>,
     msghdr: libc::msghdr,
 }
@@ -129,9 +133,15 @@ thread_local! {
 
 impl SendOp {
     fn new(req: SendReq) -> Box<SendOp> {
-        let mut iov = Vec::with_capacity(req.pieces.len().min(SEND_MAX_PIECES));
-        for (k, b) in req.pieces.iter().take(SEND_MAX_PIECES).enumerate() {
-            let from = if k == 0 { req.skip.min(b.len()) } else { 0 };
+        let SendReq {
+            sock,
+            pieces,
+            skip,
+            done,
+        } = req;
+        let mut iov = Vec::with_capacity(pieces.len().min(SEND_MAX_PIECES));
+        for (k, b) in pieces.iter().take(SEND_MAX_PIECES).enumerate() {
+            let from = if k == 0 { skip.min(b.len()) } else { 0 };
             let s = &b[from..];
             if !s.is_empty() {
                 iov.push(libc::iovec {
@@ -142,7 +152,13 @@ impl SendOp {
         }
         // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
         let msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        let mut op = Box::new(SendOp { req, iov, msghdr });
+        let mut op = Box::new(SendOp {
+            sock,
+            _pieces: pieces,
+            done: Some(done),
+            iov,
+            msghdr,
+        });
         // The vector's heap block and the `Bytes` it points into do not move with the box.
         op.msghdr.msg_iov = op.iov.as_mut_ptr();
         op.msghdr.msg_iovlen = op.iov.len();
@@ -614,7 +630,7 @@ impl Receiver {
         let mut reqs = std::mem::take(&mut self.send_reqs);
         for req in reqs.drain(..) {
             let op = SendOp::new(req);
-            let fd: RawFd = op.req.sock.as_raw_fd();
+            let fd: RawFd = op.sock.as_raw_fd();
             let msg: *const libc::msghdr = &op.msghdr;
             let idx = match self.sends_free.pop() {
                 Some(i) => i,
@@ -631,9 +647,11 @@ impl Receiver {
                 .user_data(SEND_FLAG | idx as u64);
             if self.push(&sqe) {
                 self.sends_out += 1;
-            } else if let Some(op) = self.sends[idx].take() {
+            } else if let Some(mut op) = self.sends[idx].take() {
                 self.sends_free.push(idx);
-                (op.req.done)(Err(std::io::ErrorKind::WouldBlock.into()));
+                if let Some(done) = op.done.take() {
+                    done(Err(std::io::ErrorKind::WouldBlock.into()));
+                }
             }
         }
         self.send_reqs = reqs;
@@ -710,7 +728,9 @@ impl Receiver {
         // The sends this enter submits complete in it (non-blocking): wait for one more.
         let want = 1 + self.sends_out;
         let submitter = self.ring.submitter();
-        let r = if self.slots.iter().all(Option::is_none) {
+        // No socket left: sleep until a command, but not past an idle tick while a send's
+        // completion is still to be handled (only a command would otherwise end the wait).
+        let r = if self.slots.iter().all(Option::is_none) && self.sends_out == 0 {
             submitter.submit_and_wait(want)
         } else if !self.busy {
             submitter.submit_with_args(want, &SubmitArgs::new().timespec(&idle))
@@ -857,13 +877,15 @@ impl Receiver {
                 let ud = cqe.user_data();
                 if ud & (SEND_FLAG | CANCEL_FLAG | WAKE_UD) == SEND_FLAG {
                     let idx = (ud & !SEND_FLAG) as usize;
-                    if let Some(op) = self.sends.get_mut(idx).and_then(Option::take) {
+                    if let Some(mut op) = self.sends.get_mut(idx).and_then(Option::take) {
                         self.sends_free.push(idx);
                         self.sends_out = self.sends_out.saturating_sub(1);
                         let res = cqe.result();
                         let r = usize::try_from(res)
                             .map_err(|_| std::io::Error::from_raw_os_error(res.saturating_neg()));
-                        (op.req.done)(r);
+                        if let Some(done) = op.done.take() {
+                            done(r);
+                        }
                     }
                     continue;
                 }
@@ -889,14 +911,7 @@ impl Receiver {
                 let idx = (ud & 0xffff_ffff) as usize;
                 match self.slots.get_mut(idx) {
                     Some(Some(s)) if s.id == ud => {
-                        let done = handle_recv(
-                            &cqe,
-                            s,
-                            &self.bufs,
-                            &mut self.touched,
-                            idx,
-                            now,
-                        );
+                        let done = handle_recv(&cqe, s, &self.bufs, &mut self.touched, idx, now);
                         if done {
                             finished.push(idx);
                         }
@@ -1016,6 +1031,17 @@ fn handle_recv(
         return ended && s.removing.is_some();
     };
     s.failed_arms = 0;
+    if len == 0 && s.removing.is_none() {
+        // An empty datagram (the kernel also ends a multishot `recv` on it; it is re-armed).
+        // Handed on as one, as the socket receiver does.
+        s.stats.datagrams.fetch_add(1, Ordering::Relaxed);
+        s.sink.on_datagram(&[], now);
+        if !s.touched {
+            s.touched = true;
+            touched.push(idx);
+        }
+        return false;
+    }
     let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
         return ended && s.removing.is_some();
     };
@@ -1109,6 +1135,17 @@ impl Drop for Receiver {
                 drop(s.removing.take());
             }
             std::mem::forget(std::mem::take(&mut self.slots));
+            // Sends not confirmed: their sockets are shut down (a send the kernel still
+            // issues fails) and their writers told, so no connection waits for them forever.
+            for op in self.sends.iter_mut().flatten() {
+                let _ = nix::sys::socket::shutdown(
+                    op.sock.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
+                if let Some(done) = op.done.take() {
+                    done(Err(std::io::ErrorKind::ConnectionAborted.into()));
+                }
+            }
             std::mem::forget(std::mem::take(&mut self.sends));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
         }
