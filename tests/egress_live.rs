@@ -196,13 +196,14 @@ enum From {
 
 /// The ingest sink that pushes frames on the io_uring thread: each datagram asks for frames
 /// `start..start + count` of `len` bytes (`start` = u32::MAX: the sequence header; `HOLD`:
-/// push frame `count`, say so on `held`, then keep the ingest thread for 300 ms, before it
-/// submits the send).
+/// push frame `count`, say so on `held`, then keep the ingest thread until `release` says
+/// so (at most 5 s), before it submits the send).
 struct RingPush {
     q: Arc<SharedQueue>,
     frames: Vec<MediaFrame>,
     pushed: Arc<AtomicU64>,
     held: Option<std::sync::mpsc::SyncSender<()>>,
+    release: Option<std::sync::mpsc::Receiver<()>>,
     hold: bool,
     /// Pushed when the ingest stops (as the relay's sink pushes its last frames).
     last: Option<u32>,
@@ -238,7 +239,9 @@ impl DatagramSink for RingPush {
             if let Some(tx) = &self.held {
                 let _ = tx.send(());
             }
-            std::thread::sleep(Duration::from_millis(300));
+            if let Some(rx) = &self.release {
+                let _ = rx.recv_timeout(Duration::from_secs(5));
+            }
         }
     }
     fn on_stop(&mut self, _now_ns: u64) {
@@ -260,12 +263,17 @@ impl Producer {
         Producer::with(from, q, None, None)
     }
 
+    /// `hold`: the channels of the `HOLD` request (told when held, waits for the release).
     fn with(
         from: From,
         q: Arc<SharedQueue>,
-        held: Option<std::sync::mpsc::SyncSender<()>>,
+        hold: Option<(
+            std::sync::mpsc::SyncSender<()>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
         last: Option<u32>,
     ) -> Producer {
+        let (held, release) = hold.unzip();
         let pushed = Arc::new(AtomicU64::new(0));
         let ring = (from == From::Ring).then(|| {
             let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
@@ -275,6 +283,7 @@ impl Producer {
                 frames: Vec::new(),
                 pushed: pushed.clone(),
                 held,
+                release,
                 hold: false,
                 last,
             };
@@ -533,7 +542,8 @@ fn server_saw(seen: &Seen, i: u32) -> bool {
 
 /// A send queued on the ingest ring is submitted when the ingest thread next waits. If the
 /// egress is stopped in between, that send must write nothing: here the sink keeps the ingest
-/// thread for 300 ms right after queuing it, and the stop comes meanwhile.
+/// thread right after queuing it until the stop has returned. (The thread is shared by every
+/// io_uring ingest of the process: the hold lasts only as long as the stop takes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_send_queued_before_stop_returns_is_never_written() {
     let seen = Arc::new(Seen::default());
@@ -542,22 +552,36 @@ async fn a_ring_send_queued_before_stop_returns_is_never_written() {
     let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
     wait_publishing(&h).await;
     let (held_tx, held_rx) = std::sync::mpsc::sync_channel(1);
-    let producer = Producer::with(From::Ring, h.queue.clone(), Some(held_tx), None);
+    let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+    let producer = Producer::with(
+        From::Ring,
+        h.queue.clone(),
+        Some((held_tx, release_rx)),
+        None,
+    );
     producer.header();
     producer.push(0, 10, 8_000);
     producer.wait_pushed(11);
-    // The sends' completions are handled by the next wake-up (at most the 100 ms idle tick):
-    // the wire is idle again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The frames so far arrived and their send's completion was handled (it is counted in
+    // `bytes_sent` then; the ingest thread's idle tick comes within 100 ms): the wire is idle
+    // when the held push comes.
+    let t0 = Instant::now();
+    while !(server_saw(&seen, 9) && h.snapshot().bytes_sent >= 10 * 8_000) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the first frames never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = h.snapshot();
-    assert!(server_saw(&seen, 9), "the first frames arrived");
     producer.push(HOLD, 9_999, 8_000);
     tokio::task::spawn_blocking(move || held_rx.recv_timeout(Duration::from_secs(5)))
         .await
         .expect("join")
         .expect("the held frame was pushed");
     h.stop();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    release_tx.send(()).expect("release the ingest thread");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let after = h.snapshot();
     assert_eq!(
         after.frames_out,

@@ -161,7 +161,8 @@ impl SendOp {
         });
         // The vector's heap block and the `Bytes` it points into do not move with the box.
         op.msghdr.msg_iov = op.iov.as_mut_ptr();
-        op.msghdr.msg_iovlen = op.iov.len();
+        // `size_t` with glibc, `int` with musl; at most SEND_MAX_PIECES either way.
+        op.msghdr.msg_iovlen = op.iov.len() as _;
         op
     }
 }
