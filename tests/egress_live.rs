@@ -347,6 +347,16 @@ fn assert_ring_used(from: From, tls: bool, h: &EgressHandle) {
     }
 }
 
+/// The test server and a plain-RTMP egress to it with default options, publishing.
+async fn publishing_plain() -> (Arc<Seen>, EgressHandle) {
+    let seen = Arc::new(Seen::default());
+    let port = start_server(seen.clone()).await;
+    let url = format!("rtmp://127.0.0.1:{port}/live");
+    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
+    wait_publishing(&h).await;
+    (seen, h)
+}
+
 async fn wait_publishing(h: &EgressHandle) {
     let t0 = Instant::now();
     while !h.snapshot().publishing {
@@ -456,11 +466,7 @@ async fn a_stalled_reader_gets_every_frame_over_tls_from_the_ingest_thread() {
 }
 
 async fn nothing_written_after_stop(from: From) {
-    let seen = Arc::new(Seen::default());
-    let port = start_server(seen.clone()).await;
-    let url = format!("rtmp://127.0.0.1:{port}/live");
-    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
-    wait_publishing(&h).await;
+    let (seen, h) = publishing_plain().await;
     let q = h.queue.clone();
     let run = Arc::new(AtomicBool::new(true));
     let r = run.clone();
@@ -546,11 +552,7 @@ fn server_saw(seen: &Seen, i: u32) -> bool {
 /// io_uring ingest of the process: the hold lasts only as long as the stop takes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_send_queued_before_stop_returns_is_never_written() {
-    let seen = Arc::new(Seen::default());
-    let port = start_server(seen.clone()).await;
-    let url = format!("rtmp://127.0.0.1:{port}/live");
-    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
-    wait_publishing(&h).await;
+    let (seen, h) = publishing_plain().await;
     let (held_tx, held_rx) = std::sync::mpsc::sync_channel(1);
     let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
     let producer = Producer::with(
@@ -611,11 +613,7 @@ async fn a_ring_send_queued_before_stop_returns_is_never_written() {
 /// ring gives the wait its timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_frames_of_a_stopping_ingest_go_out_and_the_egress_drains() {
-    let seen = Arc::new(Seen::default());
-    let port = start_server(seen.clone()).await;
-    let url = format!("rtmp://127.0.0.1:{port}/live");
-    let h = egress::spawn(destination(&url, None), EgressOptions::default()).expect("spawn");
-    wait_publishing(&h).await;
+    let (seen, h) = publishing_plain().await;
     let mut producer = Producer::with(From::Ring, h.queue.clone(), None, Some(7_777));
     producer.header();
     producer.push(0, 10, 8_000);

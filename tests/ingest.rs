@@ -191,14 +191,20 @@ fn multishot_rearm_in_batch_mode() {
     h.stop();
 }
 
+/// An ingest on loopback in `mode` collecting what it receives, and a socket to send to it.
+fn collecting(mode: IngestMode) -> (Collect, ingest::IngestHandle, UdpSocket) {
+    let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
+    cfg.mode = mode;
+    let sink = Collect::default();
+    let h = ingest::start(&cfg, sink.clone()).expect("start");
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    (sink, h, tx)
+}
+
 #[test]
 fn oversized_datagram_counted_not_delivered() {
     for mode in [IngestMode::Uring, IngestMode::Socket] {
-        let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
-        cfg.mode = mode;
-        let sink = Collect::default();
-        let h = ingest::start(&cfg, sink.clone()).expect("start");
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (sink, h, tx) = collecting(mode);
         tx.send_to(&vec![0x47u8; 4000], h.local_addr())
             .expect("send big");
         tx.send_to(&payload(1, 188), h.local_addr()).expect("send");
@@ -216,11 +222,7 @@ fn oversized_datagram_counted_not_delivered() {
 #[test]
 fn empty_and_edge_size_datagrams_keep_the_stream_whole() {
     for mode in [IngestMode::Uring, IngestMode::Socket] {
-        let mut cfg = IngestConfig::unicast("127.0.0.1:0".parse().expect("addr"));
-        cfg.mode = mode;
-        let sink = Collect::default();
-        let h = ingest::start(&cfg, sink.clone()).expect("start");
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (sink, h, tx) = collecting(mode);
         let mut want = Vec::new();
         for i in 0..40u32 {
             let d = if i % 10 == 3 {
