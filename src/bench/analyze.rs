@@ -261,6 +261,19 @@ mod tests {
             .collect()
     }
 
+    /// [`received`] from `from`, with each message's receive time (its index `j` among them)
+    /// given by `at(j, recv_ns)`.
+    fn received_at(s: &[Sent], from: usize, at: impl Fn(usize, u64) -> u64) -> Vec<Received> {
+        received(s, from, &[])
+            .into_iter()
+            .enumerate()
+            .map(|(j, m)| Received {
+                recv_ns: at(j, m.recv_ns),
+                ..m
+            })
+            .collect()
+    }
+
     #[test]
     fn perfect_delivery() {
         let s = sent(100);
@@ -358,13 +371,7 @@ mod tests {
         // Delivery starts at keyframe 20 (a relay gated after keyframe 10), and every frame
         // is stamped received 1 ms before the sender's stamp (taken after sendmmsg).
         let s = sent(60);
-        let rx: Vec<Received> = received(&s, 20, &[])
-            .into_iter()
-            .map(|m| Received {
-                recv_ns: m.recv_ns - 6 * MS,
-                ..m
-            })
-            .collect();
+        let rx = received_at(&s, 20, |_, t| t - 6 * MS);
         let r = analyze(&s, &rx, 0, u64::MAX);
         assert_eq!(r.lost, 0);
         assert_eq!(r.dts_gaps, 0);
@@ -376,18 +383,13 @@ mod tests {
         // Two frames stamped 150 ms after they arrived (beyond the causality slack; the
         // tolerance is 1 % of the frames, at least 2).
         let s = sent(80);
-        let rx: Vec<Received> = received(&s, 20, &[])
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| Received {
-                recv_ns: if (30..32).contains(&j) {
-                    m.recv_ns - 155 * MS
-                } else {
-                    m.recv_ns
-                },
-                ..m
-            })
-            .collect();
+        let rx = received_at(&s, 20, |j, t| {
+            if (30..32).contains(&j) {
+                t - 155 * MS
+            } else {
+                t
+            }
+        });
         let r = analyze(&s, &rx, 0, u64::MAX);
         assert_eq!(r.lost, 0);
         assert_eq!(r.received, 60);
@@ -399,14 +401,7 @@ mod tests {
         // later keyframe as the anchor would put every caught-up frame before its send.
         let s = sent(120);
         let burst = s[44].last_packet_ns + 5 * MS;
-        let rx: Vec<Received> = received(&s, 20, &[])
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| Received {
-                recv_ns: if j < 25 { burst } else { m.recv_ns },
-                ..m
-            })
-            .collect();
+        let rx = received_at(&s, 20, |j, t| if j < 25 { burst } else { t });
         let r = analyze(&s, &rx, 0, u64::MAX);
         assert_eq!(r.lost, 0);
         assert_eq!(r.dts_gaps, 0);
@@ -419,18 +414,11 @@ mod tests {
         // them, so they were "received before sent"; the anchor then went one keyframe
         // earlier, where nothing is, and the stream showed 2 s latency and lost frames.
         let s = sent(80);
-        let rx: Vec<Received> = received(&s, 20, &[])
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| Received {
-                recv_ns: if j == 7 || j == 8 {
-                    m.recv_ns - 25 * MS
-                } else {
-                    m.recv_ns
-                },
-                ..m
-            })
-            .collect();
+        let rx = received_at(
+            &s,
+            20,
+            |j, t| if j == 7 || j == 8 { t - 25 * MS } else { t },
+        );
         let r = analyze(&s, &rx, 0, u64::MAX);
         assert_eq!(r.lost, 0);
         assert_eq!(r.dts_gaps, 0);
