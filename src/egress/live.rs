@@ -368,13 +368,6 @@ pub(crate) enum Pumped {
     Failed,
 }
 
-/// How far [`pump_out`] got.
-enum Step {
-    Done,
-    Blocked,
-    InFlight,
-}
-
 /// Writes what is pending, then drains the queue into the socket until it is empty or the
 /// socket would block (on the io_uring receiver's thread: until a send is queued on its
 /// ring). Never blocks. Call with the out lock held.
@@ -394,21 +387,21 @@ pub(crate) fn pump_out(q: &Arc<SharedQueue>, st: &mut OutState) -> Pumped {
         return Pumped::Failed;
     }
     let stats = &q.stats;
-    let r = (|| -> Result<Step> {
+    let r = (|| -> Result<Pumped> {
         loop {
             if w.inflight || w.send_on_ring(q) {
-                return Ok(Step::InFlight);
+                return Ok(Pumped::InFlight);
             }
             if !w
                 .flush(stats)
                 .map_err(|e| Error::from_net("write to the ingest", &e))?
             {
-                return Ok(Step::Blocked);
+                return Ok(Pumped::Blocked);
             }
             batch.clear();
             q.pop_batch(batch, BATCH);
             if batch.is_empty() {
-                return Ok(Step::Done);
+                return Ok(Pumped::Done);
             }
             // Headers are cached before anything is written: a reconnect re-sends the newest.
             for f in batch.iter() {
@@ -428,13 +421,13 @@ pub(crate) fn pump_out(q: &Arc<SharedQueue>, st: &mut OutState) -> Pumped {
         }
     })();
     match r {
-        Ok(Step::Done) => {
+        Ok(Pumped::Done) => {
             w.blocked_since = None;
             w.progressed = false;
             Pumped::Done
         }
-        Ok(Step::InFlight) => Pumped::InFlight,
-        Ok(Step::Blocked) => {
+        Ok(p @ (Pumped::InFlight | Pumped::Failed)) => p,
+        Ok(Pumped::Blocked) => {
             if std::mem::take(&mut w.progressed) || w.blocked_since.is_none() {
                 w.blocked_since = Some(Instant::now());
             }

@@ -167,6 +167,48 @@ impl SendOp {
     }
 }
 
+impl SendOp {
+    /// Tells the writer how the send ended (once).
+    fn answer(&mut self, r: std::io::Result<usize>) {
+        if let Some(done) = self.done.take() {
+            done(r);
+        }
+    }
+}
+
+/// Sends in the ring and not yet reaped, by index (boxed: the kernel reads their headers).
+#[derive(Default)]
+struct Sends {
+    ops: Vec<Option<Box<SendOp>>>,
+    free: Vec<usize>,
+}
+
+impl Sends {
+    fn insert(&mut self, op: Box<SendOp>) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i
+            }
+            None => {
+                self.ops.push(Some(op));
+                self.ops.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, idx: usize) -> Option<Box<SendOp>> {
+        let op = self.ops.get_mut(idx)?.take()?;
+        self.free.push(idx);
+        Some(op)
+    }
+
+    /// How many are in the ring.
+    fn out(&self) -> usize {
+        self.ops.len() - self.free.len()
+    }
+}
+
 /// Whether the calling thread is an io_uring receiver that takes sends ([`queue_send`]).
 pub(crate) fn sends_here() -> bool {
     SENDS.with(|s| s.borrow().is_some())
@@ -528,9 +570,7 @@ struct Receiver {
     registered: bool,
     /// Egress sends queued in the ring and not yet reaped (boxed: the kernel reads their
     /// headers), and the free indices.
-    sends: Vec<Option<Box<SendOp>>>,
-    sends_free: Vec<usize>,
-    sends_out: usize,
+    sends: Sends,
     /// Sends taken from the thread's queue (kept for its capacity).
     send_reqs: Vec<SendReq>,
 }
@@ -580,9 +620,7 @@ impl Receiver {
             last_tick_ns: 0,
             stats,
             registered: false,
-            sends: Vec::new(),
-            sends_free: Vec::new(),
-            sends_out: 0,
+            sends: Sends::default(),
             send_reqs: Vec::new(),
         };
         // SAFETY: the ring memory is valid for RING_ENTRIES descriptors, page-aligned, and
@@ -633,26 +671,16 @@ impl Receiver {
             let op = SendOp::new(req);
             let fd: RawFd = op.sock.as_raw_fd();
             let msg: *const libc::msghdr = &op.msghdr;
-            let idx = match self.sends_free.pop() {
-                Some(i) => i,
-                None => {
-                    self.sends.push(None);
-                    self.sends.len() - 1
-                }
-            };
             // In place before the entry is queued: `push` may submit it at once.
-            self.sends[idx] = Some(op);
+            let idx = self.sends.insert(op);
             let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
                 .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
                 .build()
                 .user_data(SEND_FLAG | idx as u64);
-            if self.push(&sqe) {
-                self.sends_out += 1;
-            } else if let Some(mut op) = self.sends[idx].take() {
-                self.sends_free.push(idx);
-                if let Some(done) = op.done.take() {
-                    done(Err(std::io::ErrorKind::WouldBlock.into()));
-                }
+            if !self.push(&sqe)
+                && let Some(mut op) = self.sends.take(idx)
+            {
+                op.answer(Err(std::io::ErrorKind::WouldBlock.into()));
             }
         }
         self.send_reqs = reqs;
@@ -727,11 +755,11 @@ impl Receiver {
             .clamp(1_000_000, IDLE_TICK_NS);
         let idle = Timespec::new().nsec(to_tick as u32);
         // The sends this enter submits complete in it (non-blocking): wait for one more.
-        let want = 1 + self.sends_out;
+        let want = 1 + self.sends.out();
         let submitter = self.ring.submitter();
         // No socket left: sleep until a command, but not past an idle tick while a send's
         // completion is still to be handled (only a command would otherwise end the wait).
-        let r = if self.slots.iter().all(Option::is_none) && self.sends_out == 0 {
+        let r = if self.slots.iter().all(Option::is_none) && self.sends.out() == 0 {
             submitter.submit_and_wait(want)
         } else if !self.busy {
             submitter.submit_with_args(want, &SubmitArgs::new().timespec(&idle))
@@ -878,15 +906,13 @@ impl Receiver {
                 let ud = cqe.user_data();
                 if ud & (SEND_FLAG | CANCEL_FLAG | WAKE_UD) == SEND_FLAG {
                     let idx = (ud & !SEND_FLAG) as usize;
-                    if let Some(mut op) = self.sends.get_mut(idx).and_then(Option::take) {
-                        self.sends_free.push(idx);
-                        self.sends_out = self.sends_out.saturating_sub(1);
+                    if let Some(mut op) = self.sends.take(idx) {
                         let res = cqe.result();
-                        let r = usize::try_from(res)
-                            .map_err(|_| std::io::Error::from_raw_os_error(res.saturating_neg()));
-                        if let Some(done) = op.done.take() {
-                            done(r);
-                        }
+                        op.answer(
+                            usize::try_from(res).map_err(|_| {
+                                std::io::Error::from_raw_os_error(res.saturating_neg())
+                            }),
+                        );
                     }
                     continue;
                 }
@@ -1103,7 +1129,7 @@ impl Drop for Receiver {
         for _ in 0..20 {
             let pending = self.slots.iter().flatten().any(|s| s.armed)
                 || self.wake_armed
-                || self.sends_out > 0;
+                || self.sends.out() > 0;
             if !pending {
                 break;
             }
@@ -1120,7 +1146,7 @@ impl Drop for Receiver {
         }
         let settled = !self.slots.iter().flatten().any(|s| s.armed)
             && !self.wake_armed
-            && self.sends_out == 0;
+            && self.sends.out() == 0;
         if settled
             && self.registered
             && let Err(e) = self.ring.submitter().unregister_buf_ring(BGID)
@@ -1138,16 +1164,14 @@ impl Drop for Receiver {
             std::mem::forget(std::mem::take(&mut self.slots));
             // Sends not confirmed: their sockets are shut down (a send the kernel still
             // issues fails) and their writers told, so no connection waits for them forever.
-            for op in self.sends.iter_mut().flatten() {
+            for op in self.sends.ops.iter_mut().flatten() {
                 let _ = nix::sys::socket::shutdown(
                     op.sock.as_raw_fd(),
                     nix::sys::socket::Shutdown::Both,
                 );
-                if let Some(done) = op.done.take() {
-                    done(Err(std::io::ErrorKind::ConnectionAborted.into()));
-                }
+                op.answer(Err(std::io::ErrorKind::ConnectionAborted.into()));
             }
-            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::take(&mut self.sends.ops));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
         }
     }
