@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What writing one frame per stream costs here, without a relay (docs/performance.md, session 7):
+# a Python reader on loopback, then examples/write_floor.rs for K = 1, 16 and 64 streams of
+# 26,000-byte frames (6.35 Mbit/s at 31 frames a second), 10 s each. Prints one JSON line per K.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --example write_floor
+port=$((30000 + RANDOM % 20000))
+python3 - "$port" <<'PY' &
+import selectors, socket, sys
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1]))); ls.listen(512); ls.setblocking(False)
+sel = selectors.DefaultSelector(); sel.register(ls, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is ls:
+            c, _ = ls.accept(); c.setblocking(False); sel.register(c, selectors.EVENT_READ)
+            continue
+        try:
+            d = key.fileobj.recv(262144)
+        except BlockingIOError:
+            continue
+        if not d:
+            sel.unregister(key.fileobj); key.fileobj.close()
+PY
+reader=$!
+trap 'kill $reader 2>/dev/null || true' EXIT
+sleep 0.5
+for k in ${K:-1 16 64}; do
+  target/release/examples/write_floor "$port" "$k" "${SECONDS_EACH:-10}" 26000
+done
