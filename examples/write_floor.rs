@@ -77,7 +77,8 @@ fn run(args: &[String]) -> Res<()> {
     let cpu = process_cpu_ns()? - cpu0;
     let per_stream_s = |ns: u64| ns as f64 / 1e6 / elapsed / f64::from(k);
     println!(
-        "{{\"streams\":{k},\"bytes\":{bytes},\"cpu_ms_per_stream_s\":{:.3},\"write_ms_per_stream_s\":{:.3},\"us_per_write\":{:.2}}}",
+        "{{\"streams\":{k},\"bytes\":{bytes},\"writes_per_stream_s\":{:.1},\"cpu_ms_per_stream_s\":{:.3},\"write_ms_per_stream_s\":{:.3},\"us_per_write\":{:.2}}}",
+        writes as f64 / elapsed / f64::from(k),
         per_stream_s(cpu),
         per_stream_s(write_ns),
         write_ns as f64 / 1e3 / writes.max(1) as f64

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --example write_floor
-port=$((30000 + RANDOM % 20000))
+# Below the ephemeral range (32768–60999), so no outgoing connection holds it.
+port=$((20000 + RANDOM % 10000))
 python3 - "$port" <<'PY' &
 import selectors, socket, sys
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -25,7 +26,12 @@ while True:
 PY
 reader=$!
 trap 'kill $reader 2>/dev/null || true' EXIT
-sleep 0.5
-for k in ${K:-1 16 64}; do
+# Wait until the reader listens (up to 10 s).
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+read -r -a ks <<< "${K:-1 16 64}"
+for k in "${ks[@]}"; do
   target/release/examples/write_floor "$port" "$k" "${SECONDS_EACH:-10}" 26000
 done
