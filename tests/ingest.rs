@@ -91,13 +91,6 @@ fn socket_fallback_receives_everything_in_order() {
     h.stop();
 }
 
-#[test]
-fn auto_prefers_io_uring_here() {
-    let (sink, h) = roundtrip(IngestMode::Auto, Backend::Uring, 1024, 100, false);
-    check_all(&sink, 100);
-    h.stop();
-}
-
 /// Holds the ingest thread up for 100 ms in its first datagram.
 struct StallFirst {
     inner: Collect,

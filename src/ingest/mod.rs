@@ -4,6 +4,12 @@
 //! completed by then; with a plain blocking socket (when the kernel refuses io_uring, logged
 //! once per process, or on request), one thread per socket.
 //!
+//! `Auto` (the default) runs the first [`OWN_THREAD_MAX`] streams on socket threads of their
+//! own: for one or two streams a blocking `recv` costs less CPU than the ring (K = 1: 3.06 vs
+//! 4.36 ms per stream-second, docs/performance.md). When one more starts, it goes on the ring
+//! and they move there too: each thread stops reading and hands its socket and sink to the
+//! ring, where the next datagram waits in the socket; nothing is lost or reordered.
+//!
 //! Datagrams are handed to a [`DatagramSink`] as slices of the receive buffers, on the ingest
 //! thread; the sink (the media core) copies TS payloads once into PES buffers and nothing else.
 
@@ -12,7 +18,7 @@ mod uring;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -90,16 +96,66 @@ pub struct IngestStats {
 pub struct IngestHandle {
     pub stats: Arc<IngestStats>,
     local_addr: SocketAddr,
-    backend: Backend,
     inner: Running,
+    /// Started in `Auto` mode: counted in [`AUTO`] until stopped.
+    counted: bool,
 }
+
+/// Where a stream that moved from its own thread runs now.
+type Moved = (Arc<uring::Shared>, u64);
 
 enum Running {
     /// On the shared io_uring receiver, under this id.
     Uring(Arc<uring::Shared>, u64),
-    /// Its own socket thread.
-    Socket(Arc<AtomicBool>, JoinHandle<()>),
+    /// Its own socket thread. `moved`: the stream has since moved to the shared receiver (the
+    /// thread ended, and its result says where).
+    Socket {
+        stop: Arc<AtomicBool>,
+        moved: Arc<AtomicBool>,
+        thread: JoinHandle<Option<Moved>>,
+    },
     Stopped,
+}
+
+/// `Auto` streams that run at once on socket threads of their own; one more, and all go to
+/// the shared io_uring receiver.
+pub const OWN_THREAD_MAX: usize = 2;
+
+/// `Auto` streams running, and the move signals of those on their own thread.
+struct AutoStreams {
+    live: usize,
+    own: Vec<Weak<AtomicBool>>,
+}
+
+static AUTO: Mutex<AutoStreams> = Mutex::new(AutoStreams {
+    live: 0,
+    own: Vec::new(),
+});
+
+/// Counts a starting `Auto` stream. `Some(signal)`: it runs on its own thread and moves when
+/// the signal is set; `None`: it goes to the ring, and the streams on their own threads are
+/// told to move there.
+fn auto_join() -> Option<Arc<AtomicBool>> {
+    let Ok(mut g) = AUTO.lock() else {
+        return None;
+    };
+    g.live += 1;
+    if g.live <= OWN_THREAD_MAX {
+        let signal = Arc::new(AtomicBool::new(false));
+        g.own.push(Arc::downgrade(&signal));
+        return Some(signal);
+    }
+    for signal in g.own.drain(..).filter_map(|w| w.upgrade()) {
+        signal.store(true, Ordering::Release);
+    }
+    None
+}
+
+fn auto_leave() {
+    if let Ok(mut g) = AUTO.lock() {
+        g.live = g.live.saturating_sub(1);
+        g.own.retain(|w| w.strong_count() > 0);
+    }
 }
 
 impl IngestHandle {
@@ -107,8 +163,12 @@ impl IngestHandle {
         self.local_addr
     }
 
+    /// Where the stream is received now (a stream on its own thread may have moved to the ring).
     pub fn backend(&self) -> Backend {
-        self.backend
+        match &self.inner {
+            Running::Socket { moved, .. } if !moved.load(Ordering::Acquire) => Backend::Socket,
+            _ => Backend::Uring,
+        }
     }
 
     /// Stops receiving and waits until the sink had `on_stop` (within ~100 ms).
@@ -119,11 +179,17 @@ impl IngestHandle {
     fn shutdown(&mut self) {
         match std::mem::replace(&mut self.inner, Running::Stopped) {
             Running::Uring(shared, id) => shared.remove(id),
-            Running::Socket(stop, thread) => {
+            Running::Socket { stop, thread, .. } => {
                 stop.store(true, Ordering::Release);
-                let _ = thread.join();
+                // A stream that moved meanwhile is removed from the ring instead.
+                if let Ok(Some((shared, id))) = thread.join() {
+                    shared.remove(id);
+                }
             }
             Running::Stopped => {}
+        }
+        if std::mem::take(&mut self.counted) {
+            auto_leave();
         }
     }
 }
@@ -172,47 +238,116 @@ pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHa
         .local_addr()
         .map_err(|e| Error::from_net("ingest local address", &e))?;
     let stats = Arc::new(IngestStats::default());
-    let handle = |backend, inner| IngestHandle {
+    let counted = config.mode == IngestMode::Auto;
+    let handle = |inner| IngestHandle {
         stats: stats.clone(),
         local_addr,
-        backend,
         inner,
+        counted,
     };
-    if config.mode == IngestMode::Socket {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = socket::spawn(socket_ctx(sock, &stats, &stop), sink)?;
-        return Ok(handle(Backend::Socket, Running::Socket(stop, thread)));
+    let buffers = usize::from(config.uring_buffers.max(1));
+    let own = match config.mode {
+        IngestMode::Socket => Some(None),
+        IngestMode::Auto => auto_join().map(Some),
+        IngestMode::Uring => None,
+    };
+    if let Some(moving) = own {
+        return match own_thread(sock, sink, &stats, buffers, moving) {
+            Ok(inner) => Ok(handle(inner)),
+            Err(e) => {
+                if counted {
+                    auto_leave();
+                }
+                Err(e)
+            }
+        };
     }
     let req = uring::AddReq {
         sock,
         sink: Box::new(sink),
         stats: stats.clone(),
-        buffers: usize::from(config.uring_buffers.max(1)),
+        buffers,
     };
     let (e, req) = match shared_receiver() {
         Ok(shared) => match shared.add(req) {
-            Ok(id) => return Ok(handle(Backend::Uring, Running::Uring(shared, id))),
+            Ok(id) => return Ok(handle(Running::Uring(shared, id))),
             Err((e, req)) => (e, req),
         },
         Err(e) => (e, Some(req)),
     };
-    match (config.mode, req) {
+    let fallback = match (config.mode, req) {
         (IngestMode::Auto, Some(req)) => {
             log_fallback_once(&e);
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = socket::spawn(socket_ctx(req.sock, &stats, &stop), req.sink)?;
-            Ok(handle(Backend::Socket, Running::Socket(stop, thread)))
+            own_thread(req.sock, req.sink, &stats, buffers, None)
         }
         _ => Err(e),
+    };
+    match fallback {
+        Ok(inner) => Ok(handle(inner)),
+        Err(e) => {
+            if counted {
+                auto_leave();
+            }
+            Err(e)
+        }
     }
 }
 
-fn socket_ctx(sock: UdpSocket, stats: &Arc<IngestStats>, stop: &Arc<AtomicBool>) -> socket::Ctx {
-    socket::Ctx {
+/// Starts a socket thread of its own for the stream. With `moving`, the stream moves to the
+/// shared receiver when it is set; if the ring refuses it then, it goes on on this thread.
+fn own_thread<S: DatagramSink>(
+    sock: UdpSocket,
+    sink: S,
+    stats: &Arc<IngestStats>,
+    buffers: usize,
+    moving: Option<Arc<AtomicBool>>,
+) -> Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicBool::new(false));
+    let ctx = socket::Ctx {
         sock,
         stats: stats.clone(),
         stop: stop.clone(),
-    }
+        moving,
+    };
+    let (stats, stop_then, moved_then) = (stats.clone(), stop.clone(), moved.clone());
+    let then = move |sock, sink| {
+        let req = uring::AddReq {
+            sock,
+            sink: Box::new(sink) as Box<dyn DatagramSink>,
+            stats: stats.clone(),
+            buffers,
+        };
+        let (e, req) = match shared_receiver() {
+            Ok(shared) => match shared.add(req) {
+                Ok(id) => {
+                    moved_then.store(true, Ordering::Release);
+                    return Some((shared, id));
+                }
+                Err((e, req)) => (e, req),
+            },
+            Err(e) => (e, Some(req)),
+        };
+        let Some(req) = req else {
+            tracing::error!(error = %e, "ingest: the io_uring receiver failed with the stream moving to it; it is no longer received");
+            return None;
+        };
+        tracing::warn!(error = %e, "ingest: stream not moved to the io_uring receiver; it keeps its own thread");
+        let ctx = socket::Ctx {
+            sock: req.sock,
+            stats,
+            stop: stop_then,
+            moving: None,
+        };
+        socket::run(ctx, req.sink);
+        None
+    };
+    let thread = socket::spawn(ctx, sink, then)?;
+    Ok(Running::Socket {
+        stop,
+        moved,
+        thread,
+    })
 }
 
 impl DatagramSink for Box<dyn DatagramSink> {

@@ -1,4 +1,6 @@
-//! The plain-socket receiver: a blocking `recv` loop with a 100 ms timeout to notice `stop`.
+//! The plain-socket receiver: a blocking `recv` loop with a 100 ms timeout to notice `stop`,
+//! or that the stream is to move to the shared io_uring receiver (then the socket and the sink
+//! are handed back, and nothing is lost: datagrams not read yet wait in the socket).
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -14,22 +16,39 @@ pub(super) struct Ctx {
     pub sock: UdpSocket,
     pub stats: Arc<IngestStats>,
     pub stop: Arc<AtomicBool>,
+    /// Set when the stream is to move to the shared receiver.
+    pub moving: Option<Arc<AtomicBool>>,
 }
 
-pub(super) fn spawn<S: DatagramSink>(ctx: Ctx, sink: S) -> Result<JoinHandle<()>> {
+/// Starts the receiving thread; `then` runs on it with the socket and the sink if the stream
+/// was asked to move (not if it stopped), and its result is the thread's.
+pub(super) fn spawn<S: DatagramSink, T: Send + 'static>(
+    ctx: Ctx,
+    sink: S,
+    then: impl FnOnce(UdpSocket, S) -> Option<T> + Send + 'static,
+) -> Result<JoinHandle<Option<T>>> {
     ctx.sock
         .set_read_timeout(Some(Duration::from_millis(100)))
         .map_err(|e| crate::err!(Io, "ingest: socket timeout: {e}"))?;
     std::thread::Builder::new()
         .name("onair-ingest".into())
-        .spawn(move || run(ctx, sink))
+        .spawn(move || run(ctx, sink).and_then(|(sock, sink)| then(sock, sink)))
         .map_err(|e| crate::err!(Io, "ingest: cannot start thread: {e}"))
 }
 
-fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) {
+/// Receives until stopped (the sink then had `on_stop`: `None`), or until asked to move
+/// (`Some`: the socket and the sink, which has had `on_batch_end` after its last datagram).
+pub(super) fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) -> Option<(UdpSocket, S)> {
     // One byte more than the largest datagram accepted, to detect oversized ones.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     while !ctx.stop.load(Ordering::Acquire) {
+        if ctx
+            .moving
+            .as_ref()
+            .is_some_and(|m| m.load(Ordering::Acquire))
+        {
+            return Some((ctx.sock, sink));
+        }
         match ctx.sock.recv(&mut buf) {
             Ok(n) => {
                 let now = monotonic_ns();
@@ -60,4 +79,5 @@ fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) {
         }
     }
     sink.on_stop(monotonic_ns());
+    None
 }
