@@ -617,7 +617,12 @@ async fn a_keyframe_arriving_while_the_confirm_is_committed_is_not_missed() {
         .expect("release the write lock");
     let (status, confirmed) = confirming.await.expect("confirm task");
     assert_eq!(status, 200, "{confirmed}");
-    assert_eq!(confirmed["state"], "starting", "{confirmed}");
+    // The answer is the session as it is after the commit: already live if the fabric's
+    // acknowledgement came first (the relay was receiving during the commit).
+    assert!(
+        confirmed["state"] == "starting" || confirmed["state"] == "live",
+        "{confirmed}"
+    );
     let live = w
         .api
         .wait_state(&w.sub, &id, "live", Duration::from_secs(5))

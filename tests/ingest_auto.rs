@@ -43,7 +43,8 @@ fn until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Sends numbered datagrams to `to` until `stop`, one every ~200 µs; returns how many.
+/// Sends numbered datagrams to `to` until `stop`, one a millisecond (the socket buffer holds
+/// ~0.2 s of them, so a busy machine does not overflow it); returns how many.
 fn feed(to: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
@@ -53,7 +54,7 @@ fn feed(to: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHan
             d[..4].copy_from_slice(&n.to_be_bytes());
             tx.send_to(&d, to).expect("send");
             n += 1;
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_millis(1));
         }
         n
     })
@@ -101,7 +102,7 @@ fn the_first_streams_have_their_own_thread_and_move_to_the_ring_when_more_start(
     std::thread::sleep(Duration::from_millis(300));
     stop_feed.store(true, Ordering::SeqCst);
     let sent = feeder.join().expect("feeder");
-    assert!(sent > 500, "the feeder sent only {sent}");
+    assert!(sent > 100, "the feeder sent only {sent}");
     in_order(&a_sink, sent, "the stream that moved while fed");
     // Stopping: once each, wherever the stream is.
     a.stop();
@@ -113,8 +114,9 @@ fn the_first_streams_have_their_own_thread_and_move_to_the_ring_when_more_start(
     // With every stream stopped, the next one has its own thread again.
     let (d_sink, d) = auto();
     assert_eq!(d.backend(), Backend::Socket);
-    // A stop that races the move: E is told to move and stopped at once; it stops either on
-    // its thread or on the ring, once, and nothing hangs.
+    // A stop right after the move was asked for: E (idle, in its blocked receive) is told to
+    // move and stopped at once. It stops once and nothing hangs; it nearly always stops on
+    // its own thread (the loop looks at the stop first).
     let (e_sink, e) = auto();
     assert_eq!(e.backend(), Backend::Socket);
     let (f_sink, f) = auto();

@@ -132,23 +132,27 @@ static AUTO: Mutex<AutoStreams> = Mutex::new(AutoStreams {
     own: Vec::new(),
 });
 
-/// Counts a starting `Auto` stream. `Some(signal)`: it runs on its own thread and moves when
-/// the signal is set; `None`: it goes to the ring, and the streams on their own threads are
-/// told to move there.
-fn auto_join() -> Option<Arc<AtomicBool>> {
+/// Where a starting `Auto` stream goes.
+enum AutoPlace {
+    /// A thread of its own; it moves to the ring when the signal is set.
+    Own(Arc<AtomicBool>),
+    /// The ring; once it is there, the streams on their own threads are told to move
+    /// (their signals).
+    Ring(Vec<Arc<AtomicBool>>),
+}
+
+/// Counts a starting `Auto` stream and says where it goes.
+fn auto_join() -> AutoPlace {
     let Ok(mut g) = AUTO.lock() else {
-        return None;
+        return AutoPlace::Ring(Vec::new());
     };
     g.live += 1;
     if g.live <= OWN_THREAD_MAX {
         let signal = Arc::new(AtomicBool::new(false));
         g.own.push(Arc::downgrade(&signal));
-        return Some(signal);
+        return AutoPlace::Own(signal);
     }
-    for signal in g.own.drain(..).filter_map(|w| w.upgrade()) {
-        signal.store(true, Ordering::Release);
-    }
-    None
+    AutoPlace::Ring(g.own.drain(..).filter_map(|w| w.upgrade()).collect())
 }
 
 fn auto_leave() {
@@ -246,10 +250,13 @@ pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHa
         counted,
     };
     let buffers = usize::from(config.uring_buffers.max(1));
-    let own = match config.mode {
-        IngestMode::Socket => Some(None),
-        IngestMode::Auto => auto_join().map(Some),
-        IngestMode::Uring => None,
+    let (own, to_move) = match config.mode {
+        IngestMode::Socket => (Some(None), Vec::new()),
+        IngestMode::Auto => match auto_join() {
+            AutoPlace::Own(signal) => (Some(Some(signal)), Vec::new()),
+            AutoPlace::Ring(signals) => (None, signals),
+        },
+        IngestMode::Uring => (None, Vec::new()),
     };
     if let Some(moving) = own {
         return match own_thread(sock, sink, &stats, buffers, moving) {
@@ -270,7 +277,13 @@ pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHa
     };
     let (e, req) = match shared_receiver() {
         Ok(shared) => match shared.add(req) {
-            Ok(id) => return Ok(handle(Running::Uring(shared, id))),
+            Ok(id) => {
+                // On the ring: the streams on their own threads join it.
+                for signal in to_move {
+                    signal.store(true, Ordering::Release);
+                }
+                return Ok(handle(Running::Uring(shared, id)));
+            }
             Err((e, req)) => (e, req),
         },
         Err(e) => (e, Some(req)),
@@ -311,7 +324,14 @@ fn own_thread<S: DatagramSink>(
         moving,
     };
     let (stats, stop_then, moved_then) = (stats.clone(), stop.clone(), moved.clone());
-    let then = move |sock, sink| {
+    let then = move |sock: UdpSocket, mut sink: S| {
+        if stop_then.load(Ordering::Acquire) {
+            // Stopped as it was about to move.
+            sink.on_stop(crate::clock::monotonic_ns());
+            return None;
+        }
+        // The ring's receives do not block; the timeout was for the loop.
+        let _ = sock.set_read_timeout(None);
         let req = uring::AddReq {
             sock,
             sink: Box::new(sink) as Box<dyn DatagramSink>,
@@ -333,6 +353,7 @@ fn own_thread<S: DatagramSink>(
             return None;
         };
         tracing::warn!(error = %e, "ingest: stream not moved to the io_uring receiver; it keeps its own thread");
+        let _ = req.sock.set_read_timeout(Some(socket::READ_TIMEOUT));
         let ctx = socket::Ctx {
             sock: req.sock,
             stats,

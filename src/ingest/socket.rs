@@ -12,6 +12,9 @@ use super::{DatagramSink, IngestStats, MAX_DATAGRAM};
 use crate::clock::monotonic_ns;
 use crate::error::Result;
 
+/// How often a blocked receive looks at `stop` and `moving`.
+pub(super) const READ_TIMEOUT: Duration = Duration::from_millis(100);
+
 pub(super) struct Ctx {
     pub sock: UdpSocket,
     pub stats: Arc<IngestStats>,
@@ -28,7 +31,7 @@ pub(super) fn spawn<S: DatagramSink, T: Send + 'static>(
     then: impl FnOnce(UdpSocket, S) -> Option<T> + Send + 'static,
 ) -> Result<JoinHandle<Option<T>>> {
     ctx.sock
-        .set_read_timeout(Some(Duration::from_millis(100)))
+        .set_read_timeout(Some(READ_TIMEOUT))
         .map_err(|e| crate::err!(Io, "ingest: socket timeout: {e}"))?;
     std::thread::Builder::new()
         .name("onair-ingest".into())
@@ -47,6 +50,8 @@ pub(super) fn run<S: DatagramSink>(ctx: Ctx, mut sink: S) -> Option<(UdpSocket, 
             .as_ref()
             .is_some_and(|m| m.load(Ordering::Acquire))
         {
+            // The idle hand-on comes from the ring next: not a gap of two ticks meanwhile.
+            sink.on_batch_end(monotonic_ns());
             return Some((ctx.sock, sink));
         }
         match ctx.sock.recv(&mut buf) {
