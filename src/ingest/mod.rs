@@ -8,7 +8,8 @@
 //! own: for one or two streams a blocking `recv` costs less CPU than the ring (K = 1: 3.06 vs
 //! 4.36 ms per stream-second, docs/performance.md). When one more starts, it goes on the ring
 //! and they move there too: each thread stops reading and hands its socket and sink to the
-//! ring, where the next datagram waits in the socket; nothing is lost or reordered.
+//! ring, where the next datagram waits in the socket; nothing is lost or reordered. The move
+//! is one way: a stream that moved stays on the ring.
 //!
 //! Datagrams are handed to a [`DatagramSink`] as slices of the receive buffers, on the ingest
 //! thread; the sink (the media core) copies TS payloads once into PES buffers and nothing else.
