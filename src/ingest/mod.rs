@@ -259,17 +259,31 @@ pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHa
         },
         IngestMode::Uring => (None, Vec::new()),
     };
-    if let Some(moving) = own {
-        return match own_thread(sock, sink, &stats, buffers, moving) {
-            Ok(inner) => Ok(handle(inner)),
-            Err(e) => {
-                if counted {
-                    auto_leave();
-                }
-                Err(e)
+    let started = match own {
+        Some(moving) => own_thread(sock, sink, &stats, buffers, moving),
+        None => on_ring(config.mode, sock, sink, &stats, buffers, to_move),
+    };
+    match started {
+        Ok(inner) => Ok(handle(inner)),
+        Err(e) => {
+            if counted {
+                auto_leave();
             }
-        };
+            Err(e)
+        }
     }
+}
+
+/// Adds the stream to the shared receiver; once it is there, the streams of `to_move` are told
+/// to join it. `Auto` falls back to a thread of its own when io_uring is refused.
+fn on_ring<S: DatagramSink>(
+    mode: IngestMode,
+    sock: UdpSocket,
+    sink: S,
+    stats: &Arc<IngestStats>,
+    buffers: usize,
+    to_move: Vec<Arc<AtomicBool>>,
+) -> Result<Running> {
     let req = uring::AddReq {
         sock,
         sink: Box::new(sink),
@@ -279,31 +293,21 @@ pub fn start<S: DatagramSink>(config: &IngestConfig, sink: S) -> Result<IngestHa
     let (e, req) = match shared_receiver() {
         Ok(shared) => match shared.add(req) {
             Ok(id) => {
-                // On the ring: the streams on their own threads join it.
                 for signal in to_move {
                     signal.store(true, Ordering::Release);
                 }
-                return Ok(handle(Running::Uring(shared, id)));
+                return Ok(Running::Uring(shared, id));
             }
             Err((e, req)) => (e, req),
         },
         Err(e) => (e, Some(req)),
     };
-    let fallback = match (config.mode, req) {
+    match (mode, req) {
         (IngestMode::Auto, Some(req)) => {
             log_fallback_once(&e);
-            own_thread(req.sock, req.sink, &stats, buffers, None)
+            own_thread(req.sock, req.sink, stats, buffers, None)
         }
         _ => Err(e),
-    };
-    match fallback {
-        Ok(inner) => Ok(handle(inner)),
-        Err(e) => {
-            if counted {
-                auto_leave();
-            }
-            Err(e)
-        }
     }
 }
 
