@@ -290,17 +290,14 @@ fn on_ring<S: DatagramSink>(
         stats: stats.clone(),
         buffers,
     };
-    let (e, req) = match shared_receiver() {
-        Ok(shared) => match shared.add(req) {
-            Ok(id) => {
-                for signal in to_move {
-                    signal.store(true, Ordering::Release);
-                }
-                return Ok(Running::Uring(shared, id));
+    let (e, req) = match add_to_ring(req) {
+        Ok((shared, id)) => {
+            for signal in to_move {
+                signal.store(true, Ordering::Release);
             }
-            Err((e, req)) => (e, req),
-        },
-        Err(e) => (e, Some(req)),
+            return Ok(Running::Uring(shared, id));
+        }
+        Err(refused) => refused,
     };
     match (mode, req) {
         (IngestMode::Auto, Some(req)) => {
@@ -309,6 +306,17 @@ fn on_ring<S: DatagramSink>(
         }
         _ => Err(e),
     }
+}
+
+/// Adds a stream to the process's shared receiver; when it refuses, the request comes back
+/// (unless its thread took it and died).
+fn add_to_ring(req: uring::AddReq) -> std::result::Result<Moved, (Error, Option<uring::AddReq>)> {
+    let shared = match shared_receiver() {
+        Ok(shared) => shared,
+        Err(e) => return Err((e, Some(req))),
+    };
+    let id = shared.add(req)?;
+    Ok((shared, id))
 }
 
 /// Starts a socket thread of its own for the stream. With `moving`, the stream moves to the
@@ -343,15 +351,12 @@ fn own_thread<S: DatagramSink>(
             stats: stats.clone(),
             buffers,
         };
-        let (e, req) = match shared_receiver() {
-            Ok(shared) => match shared.add(req) {
-                Ok(id) => {
-                    moved_then.store(true, Ordering::Release);
-                    return Some((shared, id));
-                }
-                Err((e, req)) => (e, req),
-            },
-            Err(e) => (e, Some(req)),
+        let (e, req) = match add_to_ring(req) {
+            Ok(moved) => {
+                moved_then.store(true, Ordering::Release);
+                return Some(moved);
+            }
+            Err(refused) => refused,
         };
         let Some(req) = req else {
             tracing::error!(error = %e, "ingest: the io_uring receiver failed with the stream moving to it; it is no longer received");
